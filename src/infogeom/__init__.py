@@ -1,0 +1,3 @@
+"""infogeom: information geometry for training language models."""
+
+__version__ = "0.1.0"
