@@ -1,10 +1,32 @@
 """Metrics on the parameter tangent space behind one interface (:class:`CurvatureOperator`)."""
 
+from .fisher import (
+    FISHER_KINDS,
+    FisherOperator,
+    GGNOperator,
+    OutputCurvatureOperator,
+    per_example_gradients,
+    sample_labels,
+)
 from .functional import curvature_mode, logits_function, loss_function, select_parameters
 from .hessian import HessianOperator
+from .kfac import KFACCapture, LayerFactors, LayerInfo, ekfac_factors, kfac_factors
 from .operator import CurvatureOperator, DenseOperator, conjugate_gradient, flatten, rademacher, unflatten
+from .structured import (
+    DiagonalOperator,
+    EKFACOperator,
+    KFACOperator,
+    KroneckerOperator,
+    LowRankOperator,
+    diagonal_approximation,
+    low_rank_approximation,
+)
 
 __all__ = [
-    "CurvatureOperator", "DenseOperator", "HessianOperator", "conjugate_gradient", "curvature_mode", "flatten",
-    "logits_function", "loss_function", "rademacher", "select_parameters", "unflatten",
+    "CurvatureOperator", "DenseOperator", "DiagonalOperator", "EKFACOperator", "FISHER_KINDS", "FisherOperator",
+    "GGNOperator", "HessianOperator", "KFACCapture", "KFACOperator", "KroneckerOperator", "LayerFactors",
+    "LayerInfo", "LowRankOperator", "OutputCurvatureOperator", "conjugate_gradient", "curvature_mode",
+    "diagonal_approximation", "ekfac_factors", "flatten", "kfac_factors", "logits_function", "loss_function",
+    "low_rank_approximation", "per_example_gradients", "rademacher", "sample_labels", "select_parameters",
+    "unflatten",
 ]

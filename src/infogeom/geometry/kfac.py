@@ -1,0 +1,384 @@
+"""Kronecker-factor capture for K-FAC and EK-FAC on any model built from ``nn.Linear`` / ``nn.Embedding``.
+
+Math (one layer s = W a, W [d_out, d_in], a batch of N = B·T tokens, losses ℓ_n, mean-token normalization):
+the Fisher block of vec(W) (row-major, ``W.reshape(-1)``) is approximated by ``G ⊗ A``, i.e. ``F_W V = G V A``, with
+
+- *expand* (Eschenhagen et al. 2023; every token position an example):
+  A = (1/BT) Σ_{b,t} a_bt a_btᵀ,        G = (1/BT) Σ_k Σ_{b,t} ĝ_btk ĝ_btkᵀ;
+- *reduce* (sum over the sequence before the outer product):
+  A = (1/B) Σ_b ā_b ā_bᵀ (ā_b = mean_t a_bt),   G = (1/BT) Σ_k Σ_b (Σ_t ĝ_btk)(Σ_t ĝ_btk)ᵀ,
+
+where ĝ_btk = ∂(Σ_n U_nkᵀ z_n)/∂s_bt is the gradient at the layer output of the logits z contracted with an
+*output-gradient source* U_k [B, T, V] whose per-token second moment Σ_k U_nk U_nkᵀ approximates the output
+curvature M_n = diag(p_n) − p_n p_nᵀ:
+
+- ``fisher="mc"``: U_k = (p − e_{y_k})/√S with S = ``mc_samples`` labels y_k ~ p_θ (``generator``): unbiased;
+- ``fisher="exact"``: U_c = √p_c (e_c − p), c = 1..V, the per-class square root M = Σ_c U_c U_cᵀ (V backward
+  passes). As in curvlinops' ``type-2``, column c is back-propagated from all positions at once, so for models
+  that mix positions (attention) G also contains cross-position terms that vanish in expectation for ``"mc"``;
+- ``fisher="empirical"``: the gradient of the caller's own backward (observed labels): U = p − e_y.
+
+Biases are folded into A by appending a constant 1 to the input (A is (d_in+1)², the bias is the last column of
+the joint [W | b] block). These are exactly curvlinops' ``KFACLinearOperator`` factors with
+``separate_weight_and_bias=False`` and a mean-reduced ``CrossEntropyLoss``.
+
+``nn.Embedding`` (weight E [num, dim], a lookup = a linear layer on one-hot inputs): A is *diagonal*, the index
+frequencies A_vv = (1/#lookups) Σ 1[x = v], G = (1/BT) Σ ĝ ĝᵀ over the lookup outputs (always expand-style), and
+``F_E V = diag(A) V G``. An embedding whose output has no batch dimension (GPT's position embedding ``wpe``,
+looked up with ``arange(T)``) receives the batch-summed gradient Σ_b ĝ_bt; its G is built from that sum (unbiased
+for ``"mc"``, where different sequences' sampled gradients are independent with mean zero).
+
+Tied weights: a parameter shared by a Linear and an Embedding (GPT's ``lm_head.weight`` = ``wte.weight``) is
+represented by the *Linear* factors only (the LM head's A = E[h hᵀ], G = E[ĝ ĝᵀ] over the vocabulary); the
+embedding-lookup contribution to that block is ignored. Named by its ``named_parameters`` name (``wte.weight``).
+
+EK-FAC (George et al. 2018): with eigenbases A = Q_A Λ_A Q_Aᵀ, G = Q_G Λ_G Q_Gᵀ set via :meth:`set_eigenbasis`,
+the capture also accumulates the second moments of the *per-sequence* gradients in that basis,
+    S = (1/BT) Σ_k Σ_b (Q_Gᵀ (Σ_t ĝ_btk a_btᵀ) Q_A)^{∘2}      [d_out, d_in(+1)]
+(embedding: (1/BT) Σ_k Σ_b (Σ_{t: x_bt = v} Q_Gᵀ ĝ_btk)^{∘2}, shape [num, dim]); these are curvlinops' EK-FAC
+corrected eigenvalues. Cost per layer: batched matmuls [B, d_out, T] @ [B, T, d_in].
+
+API
+---
+``KFACCapture(model, approx="expand", fisher="empirical", mc_samples=1, generator=None, loss_reduction="mean",
+modules=None)`` — persistent capture; ``attach()`` / ``detach()`` (or ``with capture:``) install and remove hooks.
+While attached and ``capture.enabled``, every forward run with gradients enabled accumulates A; G is accumulated
+
+- from the caller's backward (``fisher="empirical"``; ``loss_reduction="mean"`` means the back-propagated loss is
+  a mean over the forward's tokens, so gradients are rescaled by the token count; ``"sum"`` for a summed loss), or
+- at the end of the forward itself (``"mc"``, ``"exact"`` or a callable ``source(logits [B,T,V]) -> iterable of
+  cotangents U_k``): ``torch.autograd.grad`` from the model output to the captured layer outputs with
+  ``retain_graph=True`` (no parameter ``.grad`` is touched; the caller's own backward is then ignored for G).
+
+Sums and counts accumulate across forwards (gradient accumulation, several batches) until ``reset()``.
+``factors()`` returns ``{module_name: LayerFactors}`` (normalized copies), ``pop()`` = ``factors()`` + ``reset()``
+(for a caller's running average: ``A_ema.lerp_(new.A, 1 - decay)``). ``set_eigenbasis(name, QA, QG)`` /
+``clear_eigenbases()`` turn the EK-FAC moment accumulation on/off per layer. ``capture.layers`` lists
+``LayerInfo(name, kind, module, weight, bias)`` with canonical parameter names.
+
+``kfac_factors(model, batch, approx, fisher, mc_samples, generator, modules)`` and ``ekfac_factors(...)`` (two
+passes: K-FAC factors, eigendecompositions, then moments with the same MC labels) compute everything for one batch
+(``curvature_mode``: eval, no dropout).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..errors import InfogeomError
+from ..models.gpt import lm_loss
+from .fisher import sample_labels
+from .functional import Batch, curvature_mode
+
+APPROXIMATIONS = ("expand", "reduce")
+KFAC_FISHERS = ("mc", "exact", "empirical")
+OutputSource = Callable[[torch.Tensor], Iterable[torch.Tensor]]
+
+
+@dataclass
+class LayerInfo:
+    """A captured layer: ``kind`` is ``"linear"`` or ``"embedding"``; parameter names as in ``named_parameters``."""
+
+    name: str
+    kind: str
+    module: nn.Module
+    weight: str
+    bias: str | None = None
+
+
+@dataclass
+class LayerFactors:
+    """Normalized factors of one layer (module docstring): linear ``A [d_in(+1), d_in(+1)]``, embedding ``A [num]``
+    (diagonal); ``G [d_out, d_out]``; ``moments`` (EK-FAC, weight-shaped incl. bias column) or None."""
+
+    info: LayerInfo
+    A: torch.Tensor
+    G: torch.Tensor
+    moments: torch.Tensor | None = None
+    eigenbasis: tuple[torch.Tensor, torch.Tensor] | None = None  # (QA, QG) the moments refer to
+
+
+@dataclass
+class _State:
+    info: LayerInfo
+    A: torch.Tensor | None = None
+    G: torch.Tensor | None = None
+    M: torch.Tensor | None = None
+    nA: float = 0.0
+    nG: float = 0.0
+    nM: float = 0.0
+    basis: tuple[torch.Tensor, torch.Tensor] | None = None
+    cache: torch.Tensor | None = None  # rotated inputs [B', T', d_in'] (linear) or indices [B', T'] (embedding)
+    output: torch.Tensor | None = None
+    lead: int = 1  # leading (sequence) dimension of the layer's output: B, or 1 for a batch-less lookup
+
+
+def find_layers(model: nn.Module, modules: Sequence[str] | None = None) -> list[LayerInfo]:
+    """Linear and Embedding modules with trainable weights, tied weights assigned to the Linear (module doc)."""
+    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    found = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding))}
+    if modules is not None:
+        missing = [m for m in modules if m not in found]
+        if missing:
+            raise InfogeomError(f"not a Linear/Embedding module: {', '.join(missing)}")
+        found = {n: found[n] for n in modules}
+    linear_weights = {id(m.weight) for m in found.values() if isinstance(m, nn.Linear)}
+    layers = []
+    for name, m in found.items():
+        if id(m.weight) not in names:
+            continue
+        if isinstance(m, nn.Linear):
+            bias = names.get(id(m.bias)) if m.bias is not None else None
+            layers.append(LayerInfo(name, "linear", m, names[id(m.weight)], bias))
+        elif id(m.weight) not in linear_weights:
+            layers.append(LayerInfo(name, "embedding", m, names[id(m.weight)]))
+    if not layers:
+        raise InfogeomError("the model has no trainable nn.Linear or nn.Embedding layer for K-FAC")
+    return layers
+
+
+def output_cotangents(logits: torch.Tensor, fisher: str, mc_samples: int = 1,
+                      generator: torch.Generator | None = None) -> Iterable[torch.Tensor]:
+    """Cotangents U_k [B, T, V] at the logits with Σ_k U_k U_kᵀ ≈ diag(p) − p pᵀ per token (module doc)."""
+    p = logits.detach().softmax(dim=-1)
+    if fisher == "mc":
+        labels = sample_labels(p, mc_samples, generator)
+        scale = 1.0 / math.sqrt(mc_samples)
+        for k in range(mc_samples):
+            U = -p
+            U.scatter_add_(-1, labels[..., k:k + 1], torch.ones_like(p[..., :1]))
+            yield U * scale
+    elif fisher == "exact":
+        sqrt_p = p.sqrt()
+        for c in range(p.shape[-1]):
+            U = -p * sqrt_p[..., c:c + 1]
+            U[..., c] += sqrt_p[..., c]
+            yield U
+    else:
+        raise InfogeomError(f"unknown output-gradient source {fisher!r}; choose one of {', '.join(KFAC_FISHERS)}")
+
+
+class KFACCapture:
+    """Hooks that accumulate K-FAC factors (and EK-FAC moments) of a model's Linear/Embedding layers.
+
+    See the module docstring for the math and the API. Factors live on the device and dtype of each weight.
+    """
+
+    def __init__(self, model: nn.Module, approx: str = "expand", fisher: str | OutputSource = "empirical",
+                 mc_samples: int = 1, generator: torch.Generator | None = None, loss_reduction: str = "mean",
+                 modules: Sequence[str] | None = None):
+        if approx not in APPROXIMATIONS:
+            raise InfogeomError(f"unknown K-FAC approximation {approx!r}; choose one of {', '.join(APPROXIMATIONS)}")
+        if isinstance(fisher, str) and fisher not in KFAC_FISHERS:
+            raise InfogeomError(f"unknown K-FAC Fisher type {fisher!r}; choose one of {', '.join(KFAC_FISHERS)}")
+        if int(mc_samples) < 1:
+            raise InfogeomError(f"mc_samples must be a positive integer, got {mc_samples}")
+        if loss_reduction not in ("mean", "sum"):
+            raise InfogeomError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+        self.model, self.approx, self.fisher = model, approx, fisher
+        self.mc_samples, self.generator, self.loss_reduction = int(mc_samples), generator, loss_reduction
+        self.layers = find_layers(model, modules)
+        self._states = {info.name: _State(info) for info in self.layers}
+        self.enabled = True
+        self._handles: list = []
+        self._active = False
+        self._tokens = [0]
+
+    # ---- lifecycle ------------------------------------------------------------------------------------------
+    def attach(self) -> KFACCapture:
+        if not self._handles:
+            self._handles.append(self.model.register_forward_pre_hook(self._begin))
+            self._handles.append(self.model.register_forward_hook(self._end))
+            for info in self.layers:
+                self._handles.append(info.module.register_forward_hook(self._layer_hook(self._states[info.name])))
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> KFACCapture:
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def reset(self) -> None:
+        """Zero the accumulated sums (eigenbases are kept)."""
+        for s in self._states.values():
+            s.A = s.G = s.M = None
+            s.nA = s.nG = s.nM = 0.0
+
+    def set_eigenbasis(self, name: str, QA: torch.Tensor | None, QG: torch.Tensor) -> None:
+        """Accumulate EK-FAC moments of layer ``name`` in the basis ``QA`` (None for embeddings) ⊗ ``QG``."""
+        state = self._states[name]
+        state.basis = (QA, QG)
+        state.M, state.nM = None, 0.0
+
+    def clear_eigenbases(self) -> None:
+        for s in self._states.values():
+            s.basis, s.M, s.nM, s.cache = None, None, 0.0, None
+
+    def factors(self) -> dict[str, LayerFactors]:
+        """Normalized factors of every layer that has seen at least one forward and one backward."""
+        out = {}
+        for name, s in self._states.items():
+            if s.A is None or s.G is None:
+                continue
+            moments = s.M / s.nM if s.M is not None and s.nM else None
+            out[name] = LayerFactors(s.info, s.A / s.nA, s.G / s.nG, moments, s.basis if moments is not None else None)
+        return out
+
+    def pop(self) -> dict[str, LayerFactors]:
+        out = self.factors()
+        self.reset()
+        return out
+
+    # ---- hooks ------------------------------------------------------------------------------------------------
+    def _begin(self, module: nn.Module, args: tuple) -> None:
+        self._active = self.enabled and torch.is_grad_enabled()
+        self._tokens = [0]  # filled at the end of this forward: number of output positions (tokens)
+
+    def _layer_hook(self, state: _State):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if not self._active:
+                return
+            x = inputs[0].detach()
+            if state.info.kind == "linear":
+                self._accumulate_input(state, x)
+            else:
+                self._accumulate_lookup(state, x)
+            if self.fisher == "empirical":
+                tokens = self._tokens
+                scale = (lambda: 1.0) if self.loss_reduction == "sum" else (lambda: float(tokens[0]))
+                output.register_hook(lambda g: self._accumulate_grad(state, g.detach() * scale(), tokens[0]))
+            else:
+                state.output = output
+        return hook
+
+    def _end(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if not self._active:
+            return
+        self._tokens[0] = output.shape[:-1].numel()
+        if self.fisher == "empirical":
+            return
+        states = [s for s in self._states.values() if s.output is not None]
+        outs = [s.output for s in states]
+        source = (self.fisher(output.detach()) if callable(self.fisher)
+                  else output_cotangents(output, self.fisher, self.mc_samples, self.generator))
+        count = self._tokens[0]
+        for U in source:
+            grads = torch.autograd.grad(output, outs, grad_outputs=U.to(output.dtype), retain_graph=True,
+                                        allow_unused=True)
+            for s, g in zip(states, grads):
+                if g is not None:
+                    self._accumulate_grad(s, g, count)
+            count = 0  # the cotangents' second moments sum to M: count the tokens once per forward
+        for s in states:
+            s.output = None
+
+    # ---- accumulation -------------------------------------------------------------------------------------------
+    @staticmethod
+    def _add(state: _State, key: str, value: torch.Tensor) -> None:
+        cur = getattr(state, key)
+        setattr(state, key, value if cur is None else cur.add_(value))
+
+    def _accumulate_input(self, state: _State, x: torch.Tensor) -> None:
+        weight = state.info.module.weight
+        d_in = weight.shape[1]
+        a = x.reshape(x.shape[0], -1, d_in).to(weight.dtype)  # [B', T', d_in]; 2-D inputs get T' = 1
+        rows = a.reshape(-1, d_in) if self.approx == "expand" else a.mean(dim=1)
+        bias = state.info.bias is not None
+        A = torch.empty(d_in + bias, d_in + bias, dtype=weight.dtype, device=weight.device)
+        A[:d_in, :d_in] = rows.T @ rows
+        if bias:
+            s = rows.sum(dim=0)
+            A[:d_in, d_in], A[d_in, :d_in], A[d_in, d_in] = s, s, rows.shape[0]
+        self._add(state, "A", A)
+        state.nA += rows.shape[0]
+        if state.basis is not None:
+            if bias:
+                a = torch.cat([a, a.new_ones(*a.shape[:-1], 1)], dim=-1)
+            state.cache = a @ state.basis[0]
+
+    def _accumulate_lookup(self, state: _State, idx: torch.Tensor) -> None:
+        weight = state.info.module.weight
+        counts = torch.bincount(idx.reshape(-1), minlength=weight.shape[0]).to(weight.dtype)
+        self._add(state, "A", counts)
+        state.nA += idx.numel()
+        idx = idx.reshape(-1, idx.shape[-1])
+        state.lead = idx.shape[0]
+        if state.basis is not None:
+            state.cache = idx
+
+    def _accumulate_grad(self, state: _State, g: torch.Tensor, count: float) -> None:
+        weight = state.info.module.weight
+        d_out = weight.shape[0] if state.info.kind == "linear" else weight.shape[1]
+        lead = g.shape[0] if state.info.kind == "linear" else state.lead
+        g = g.reshape(lead, -1, d_out).to(weight.dtype)  # [B', T', d_out]
+        rows = g.reshape(-1, d_out) if (self.approx == "expand" or state.info.kind == "embedding") else g.sum(1)
+        self._add(state, "G", rows.T @ rows)
+        state.nG += count
+        if state.basis is None or state.cache is None:
+            return
+        g_rot = g @ state.basis[1]
+        if state.info.kind == "linear":
+            per_seq = g_rot.transpose(1, 2) @ state.cache  # [B', d_out, d_in']
+        else:
+            idx = state.cache
+            per_seq = g_rot.new_zeros(idx.shape[0], weight.shape[0], d_out)
+            per_seq.scatter_add_(1, idx[..., None].expand(-1, -1, d_out), g_rot)
+        self._add(state, "M", per_seq.square().sum(dim=0))
+        state.nM += count
+
+
+def _run(capture: KFACCapture, model: nn.Module, batch: Batch) -> None:
+    x, y = batch
+    with capture, curvature_mode(model), torch.enable_grad():
+        logits = model(x)
+        if capture.fisher == "empirical":
+            params = [p for p in model.parameters() if p.requires_grad]
+            torch.autograd.grad(lm_loss(logits, y), params, allow_unused=True)
+
+
+def kfac_factors(model: nn.Module, batch: Batch, approx: str = "expand", fisher: str = "mc", mc_samples: int = 1,
+                 generator: torch.Generator | None = None,
+                 modules: Sequence[str] | None = None) -> dict[str, LayerFactors]:
+    """K-FAC factors of every Linear/Embedding layer for one batch (module docstring for the conventions)."""
+    capture = KFACCapture(model, approx, fisher, mc_samples, generator, "mean", modules)
+    _run(capture, model, batch)
+    return capture.factors()
+
+
+def eigenbasis(f: LayerFactors) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """``(QA, QG, eigvals_A, eigvals_G)`` of a layer's factors (``QA`` None for a diagonal embedding A)."""
+    eg, QG = torch.linalg.eigh(f.G)
+    if f.info.kind == "embedding":
+        return None, QG, f.A, eg
+    ea, QA = torch.linalg.eigh(f.A)
+    return QA, QG, ea, eg
+
+
+def ekfac_factors(model: nn.Module, batch: Batch, approx: str = "expand", fisher: str = "mc", mc_samples: int = 1,
+                  generator: torch.Generator | None = None,
+                  modules: Sequence[str] | None = None) -> dict[str, LayerFactors]:
+    """K-FAC factors plus EK-FAC moments in their eigenbasis (second pass over ``batch`` with the same MC labels)."""
+    state = generator.get_state() if generator is not None else None
+    capture = KFACCapture(model, approx, fisher, mc_samples, generator, "mean", modules)
+    _run(capture, model, batch)
+    first = capture.pop()
+    for name, f in first.items():
+        QA, QG, _, _ = eigenbasis(f)
+        capture.set_eigenbasis(name, QA, QG)
+    if generator is not None:
+        generator.set_state(state)
+    _run(capture, model, batch)
+    second = capture.factors()
+    return {name: LayerFactors(f.info, f.A, f.G, second[name].moments, second[name].eigenbasis)
+            for name, f in first.items()}

@@ -1,0 +1,123 @@
+"""Hessian-free natural gradient: truncated conjugate gradient on damped Fisher-vector products (Martens 2010).
+
+Each step solves ``(F + λI) Δ = −g`` approximately with at most ``cg_iters`` CG iterations, where g is the trainer's
+gradient (``p.grad``: all-reduced by DDP, clipped, accumulated) and F the exact Fisher
+(:class:`~infogeom.geometry.FisherOperator`, matrix-free jvp/vjp, = GGN of the mean token loss) on the first
+``curvature_batch`` sequences of the last training micro-batch (captured by :class:`~.capture.BatchCapture`, so the
+trainer needs no changes). CG starts from ``warm_start · Δ_prev``. The step is ``θ ← θ(1 − η·wd) + η Δ`` per group.
+
+Levenberg–Marquardt adaptation: with the curvature batch's loss L_c, gradient g_c and the applied step s,
+ρ = (L_c(θ + s) − L_c(θ)) / (g_cᵀ s + ½ sᵀ F s); λ ← λ·``lm_factor`` if ρ < 1/4, λ ← λ/``lm_factor`` if ρ > 3/4
+(clamped to ``damping_bounds``). Cost per step: one forward+vjp graph, ``cg_iters + 1`` Fisher-vector products
+(≈ 2–3 gradients each on the curvature batch) and one forward for ρ. Under DDP Fisher-vector products, g_c and the
+losses are averaged over ranks, so every rank computes the same Δ.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.optim import Optimizer
+
+from ..geometry import FisherOperator, conjugate_gradient, curvature_mode, flatten, unflatten
+from ..models.gpt import lm_loss
+from .capture import BatchCapture
+from .distributed import all_reduce_mean_
+from .params import adamw_groups
+from .registry import register_optimizer
+from .safety import all_finite, warn_skip
+
+
+class NaturalGradientCG(Optimizer):
+    """Natural gradient by CG on ``(F + λI)`` with Levenberg–Marquardt damping (see module doc).
+
+    Optimizer-wide state (damping λ, last ρ, CG iterations) lives in ``state[first parameter]``; the warm-start
+    direction in each parameter's ``state["delta"]``.
+    """
+
+    def __init__(self, model: nn.Module, lr: float = 1.0, weight_decay: float = 0.0, damping: float = 1.0,
+                 cg_iters: int = 10, cg_tol: float = 1e-3, curvature_batch: int = 8, warm_start: float = 0.95,
+                 lm_factor: float = 1.5, damping_bounds: tuple[float, float] = (1e-4, 1e4)):
+        defaults = dict(lr=lr, weight_decay=weight_decay, damping=damping, cg_iters=int(cg_iters), cg_tol=cg_tol,
+                        curvature_batch=int(curvature_batch), warm_start=warm_start, lm_factor=lm_factor,
+                        damping_bounds=tuple(damping_bounds))
+        super().__init__(adamw_groups(model, (), weight_decay), defaults)
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.model = model
+        self._params = [p for g in self.param_groups for p in g["params"]]
+        self._names = [names[id(p)] for p in self._params]
+        self.capture = BatchCapture(model)
+
+    def _global(self) -> dict:
+        st = self.state[self._params[0]]
+        st.setdefault("damping", float(self.defaults["damping"]))
+        return st
+
+    def _skip(self, st: dict, reason: str) -> None:
+        st["damping"] = min(st["damping"] * self.defaults["lm_factor"] ** 2, self.defaults["damping_bounds"][1])
+        warn_skip("ngcg", reason, st["damping"])
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        st, d = self._global(), self.defaults
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in self._params]
+        if not all_finite(grads):
+            self._skip(st, "non-finite gradient")
+            return loss
+        x, y = self.capture.batch(d["curvature_batch"])
+        with torch.enable_grad():
+            op = FisherOperator(self.model, (x, y), kind="exact", names=self._names)
+        damping = st["damping"]
+
+        def fvp(v: torch.Tensor) -> torch.Tensor:
+            out = op.matvec(v)
+            all_reduce_mean_([out])
+            return out
+
+        shapes = [p.shape for p in self._params]
+        prev = [self.state[p].get("delta") for p in self._params]
+        x0 = None if any(v is None for v in prev) else d["warm_start"] * flatten(prev)
+        delta, iters = conjugate_gradient(lambda v: fvp(v) + damping * v, -flatten(grads).to(op.dtype), x0=x0,
+                                          tol=d["cg_tol"], maxiter=d["cg_iters"])
+        if not all_finite([delta]):
+            self._skip(st, "conjugate gradient diverged")
+            return loss
+        lrs = torch.cat([torch.full((p.numel(),), g["lr"], dtype=delta.dtype, device=delta.device)
+                         for g in self.param_groups for p in g["params"]])
+        s = lrs * delta
+        stats = torch.stack([op.loss, op.gradient @ s + 0.5 * s @ fvp(s)])
+        old = [p.detach().clone() for p in self._params]
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+        for p, step in zip(self._params, unflatten(s, shapes)):
+            p.add_(step.to(p.dtype))
+        with curvature_mode(self.model):
+            new_loss = lm_loss(self.model(x), y)
+        stats = torch.cat([stats, new_loss[None].to(stats.dtype)])
+        all_reduce_mean_([stats])
+        old_loss, predicted, new_loss = stats.tolist()
+        if not all_finite([stats]):
+            for p, o in zip(self._params, old):
+                p.copy_(o)
+            self._skip(st, "non-finite loss after the step")
+            return loss
+        rho = (new_loss - old_loss) / predicted if predicted < 0 else -1.0
+        low, high = d["damping_bounds"]
+        if rho < 0.25:
+            damping *= d["lm_factor"]
+        elif rho > 0.75:
+            damping /= d["lm_factor"]
+        st.update(damping=min(max(damping, low), high), rho=rho, cg_iters=iters)
+        for p, v in zip(self._params, unflatten(delta, shapes)):
+            self.state[p]["delta"] = v.to(p.dtype)
+        return loss
+
+
+@register_optimizer("ngcg")
+def _ngcg(model: nn.Module, lr: float, weight_decay: float, **options) -> NaturalGradientCG:
+    return NaturalGradientCG(model, lr=lr, weight_decay=weight_decay, **options)
