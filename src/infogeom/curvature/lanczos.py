@@ -52,13 +52,16 @@ class KrylovBasis:
 
     ``apply(V [P, b]) -> S V`` with S = B⁻¹A (or A); ``metric(V) -> B V`` (None: B = I). ``Q [b, capacity, P]``,
     ``T [b, capacity, capacity]``; ``size`` vectors are in use. After a breakdown (invariant subspace found,
-    ‖r‖ ≈ 0) the next vector is a random one orthogonalized against the basis, so T stays block-diagonal there.
+    ‖r‖ ≈ 0) the next vector is a random one orthogonalized against the basis, so T stays block-diagonal there;
+    ``support [P, b]`` (0/1) confines those random vectors to each column's coordinates (``apply`` must keep
+    them there too), and once a column's space is exhausted its further vectors are zero (Ritz weight 0).
     """
 
     def __init__(self, apply: MatMat, start: torch.Tensor, capacity: int, metric: MatMat | None = None,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, support: torch.Tensor | None = None):
         P, b = start.shape
         self.apply, self.metric, self.generator = apply, metric, generator
+        self.support = None if support is None else support.T.to(start.dtype)
         self.dtype, self.device = start.dtype, start.device
         self.Q = torch.zeros(b, capacity, P, dtype=self.dtype, device=self.device)
         self.BQ = torch.zeros_like(self.Q) if metric is not None else self.Q
@@ -87,11 +90,15 @@ class KrylovBasis:
         P = self.Q.shape[2]
         noise = torch.randn(self.r.shape[0], P, generator=self.generator, dtype=torch.float64)
         noise = noise.to(dtype=self.dtype, device=self.device)
+        if self.support is not None:
+            noise = noise * self.support
         noise, _ = self._orthogonalize(noise, self.size)
         Bn, nb = self._b_norm(noise)
+        exhausted = nb <= 1e3 * torch.finfo(self.dtype).eps * torch.linalg.vector_norm(noise, dim=1).clamp_min(1)
+        scale = torch.where(exhausted, torch.zeros_like(nb), 1 / nb.clamp_min(torch.finfo(self.dtype).tiny))
         keep = ~rows[:, None]
-        self.r = torch.where(keep, self.r, noise / nb[:, None])
-        self.Br = torch.where(keep, self.Br, Bn / nb[:, None])
+        self.r = torch.where(keep, self.r, noise * scale[:, None])
+        self.Br = torch.where(keep, self.Br, Bn * scale[:, None])
         self.beta = torch.where(rows, torch.ones_like(self.beta), self.beta)
 
     def step(self) -> None:
@@ -239,19 +246,23 @@ def generalized_eigsh(A: CurvatureOperator, B: CurvatureOperator, k: int = 1, da
     return EigenResult(values, vectors, res, converged, matvecs)
 
 
-def lanczos_quadrature(op: CurvatureOperator, probes: torch.Tensor, steps: int,
-                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def lanczos_quadrature(op: CurvatureOperator | MatMat, probes: torch.Tensor, steps: int,
+                       generator: torch.Generator | None = None, support: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gauss quadrature of vᵀ f(A) v / vᵀv for each probe column of ``probes [P, n]`` with m = ``steps`` nodes.
 
     Returns ``nodes [n, m]`` (Ritz values of the m-step Lanczos matrix T started at v/‖v‖) and ``weights [n, m]``
     (squared first components of T's eigenvectors; each row sums to 1). The rule is exact for polynomials of
     degree ≤ 2m − 1: Σ_i w_i θ_i^p = vᵀA^p v / vᵀv. All probes advance together (one ``matmat`` per step);
     ``generator`` draws the restart vectors after a breakdown (only when m exceeds a Krylov space's dimension).
+    ``op`` may also be a function ``V [P, n] -> A V`` (e.g. masked products for several blocks at once, with
+    ``support [P, n]`` the columns' coordinate masks; see :class:`KrylovBasis`).
     """
-    m = min(int(steps), op.dim)
+    apply = op.matmat if isinstance(op, CurvatureOperator) else op
+    m = min(int(steps), probes.shape[0])
     if m < 1:
         raise InfogeomError(f"Lanczos steps must be positive, got {steps}")
-    basis = KrylovBasis(op.matmat, probes.to(op.dtype), m, generator=generator)
+    basis = KrylovBasis(apply, probes, m, generator=generator, support=support)
     for _ in range(m):
         basis.step()
     theta, Y = basis.ritz()

@@ -118,20 +118,16 @@ def prepare_data(corpus: str = "shakespeare", tokenizer: str = "char", val_fract
 
 
 def _load_entry(entry: Path) -> TokenData | None:
-    """The cached TokenData, or None if the entry is missing or unreadable."""
-    if not (entry / "meta.json").is_file():
-        return None
+    """The cached TokenData, or None if the entry is missing, unreadable or not the recorded size."""
     try:
+        meta = json.loads((entry / "meta.json").read_text())
         tok = load_tokenizer(entry / "tokenizer.json")
         arrays = [np.load(entry / f"{name}.npy", mmap_mode="r") for name in SPLITS]
-    except (InfogeomError, OSError, ValueError):
+        intact = all(a.ndim == 1 and a.dtype == np.dtype(meta["dtype"]) and len(a) == meta[f"{name}_tokens"]
+                     for name, a in zip(SPLITS, arrays))
+    except (InfogeomError, OSError, ValueError, KeyError, TypeError):  # missing entry, malformed files
         return None
-    for a in arrays:
-        if a.ndim != 1 or a.dtype not in (np.uint16, np.uint32) or len(a) == 0:
-            return None
-        if int(a.max()) >= tok.vocab_size:
-            return None
-    return TokenData(tok, arrays[0], arrays[1], entry)
+    return TokenData(tok, arrays[0], arrays[1], entry) if intact else None
 
 
 def _build_entry(entry: Path, text: str, spec: str, val_fraction: float, meta: dict) -> None:
@@ -158,5 +154,7 @@ def _build_entry(entry: Path, text: str, spec: str, val_fraction: float, meta: d
         except OSError:
             if _load_entry(entry) is None:  # not a concurrent writer's finished entry: a real failure
                 raise
+    except OSError as exc:
+        raise InfogeomError(f"cannot write token cache {entry}: {exc.strerror or exc}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -12,6 +12,7 @@ from .functional import curvature_mode, logits_function, loss_function, select_p
 from .hessian import HessianOperator
 from .kfac import KFACCapture, LayerFactors, LayerInfo, ekfac_factors, kfac_factors
 from .operator import CurvatureOperator, DenseOperator, conjugate_gradient, flatten, rademacher, unflatten
+from .report import approximation_report, format_report
 from .structured import (
     DiagonalOperator,
     EKFACOperator,
@@ -25,8 +26,8 @@ from .structured import (
 __all__ = [
     "CurvatureOperator", "DenseOperator", "DiagonalOperator", "EKFACOperator", "FISHER_KINDS", "FisherOperator",
     "GGNOperator", "HessianOperator", "KFACCapture", "KFACOperator", "KroneckerOperator", "LayerFactors",
-    "LayerInfo", "LowRankOperator", "OutputCurvatureOperator", "conjugate_gradient", "curvature_mode",
-    "diagonal_approximation", "ekfac_factors", "flatten", "kfac_factors", "logits_function", "loss_function",
+    "LayerInfo", "LowRankOperator", "OutputCurvatureOperator", "approximation_report", "conjugate_gradient",
+    "curvature_mode", "diagonal_approximation", "ekfac_factors", "flatten", "format_report", "kfac_factors", "logits_function", "loss_function",
     "low_rank_approximation", "per_example_gradients", "rademacher", "sample_labels", "select_parameters",
     "unflatten",
 ]

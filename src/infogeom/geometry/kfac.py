@@ -13,9 +13,13 @@ where ĝ_btk = ∂(Σ_n U_nkᵀ z_n)/∂s_bt is the gradient at the layer output
 curvature M_n = diag(p_n) − p_n p_nᵀ:
 
 - ``fisher="mc"``: U_k = (p − e_{y_k})/√S with S = ``mc_samples`` labels y_k ~ p_θ (``generator``): unbiased;
-- ``fisher="exact"``: U_c = √p_c (e_c − p), c = 1..V, the per-class square root M = Σ_c U_c U_cᵀ (V backward
-  passes). As in curvlinops' ``type-2``, column c is back-propagated from all positions at once, so for models
-  that mix positions (attention) G also contains cross-position terms that vanish in expectation for ``"mc"``;
+- ``fisher="exact"``: the per-class square root M_n = Σ_c u_nc u_ncᵀ, u_nc = √p_nc (e_c − p_n), back-propagated
+  from one position t and class c at a time (all sequences at once): T·V backward passes, and exactly the
+  expectation of ``"mc"`` (the limit S → ∞);
+- ``fisher="type-2"``: curvlinops' ``type-2``: column c back-propagated from all positions at once (V backward
+  passes). For models that mix positions (attention) this adds cross-position terms Σ_c u_t'c u_t''cᵀ that do not
+  vanish (at initialization they add up coherently and inflate reduce/EK-FAC by up to T×); identical to
+  ``"exact"`` when T = 1;
 - ``fisher="empirical"``: the gradient of the caller's own backward (observed labels): U = p − e_y.
 
 Biases are folded into A by appending a constant 1 to the input (A is (d_in+1)², the bias is the last column of
@@ -24,9 +28,10 @@ the joint [W | b] block). These are exactly curvlinops' ``KFACLinearOperator`` f
 
 ``nn.Embedding`` (weight E [num, dim], a lookup = a linear layer on one-hot inputs): A is *diagonal*, the index
 frequencies A_vv = (1/#lookups) Σ 1[x = v], G = (1/BT) Σ ĝ ĝᵀ over the lookup outputs (always expand-style), and
-``F_E V = diag(A) V G``. An embedding whose output has no batch dimension (GPT's position embedding ``wpe``,
-looked up with ``arange(T)``) receives the batch-summed gradient Σ_b ĝ_bt; its G is built from that sum (unbiased
-for ``"mc"``, where different sequences' sampled gradients are independent with mean zero).
+``F_E V = diag(A) V G``. A lookup shared by the whole batch (GPT's position embedding ``wpe(arange(T))``, output
+[T, C] or [1, T, C] broadcast-added to [B, T, C]) would only see the batch-summed gradient; while capturing, its
+output is replaced by the equal broadcast view ``expand(B, T, C)`` so that G and the EK-FAC moments use per-sequence
+gradients like every other layer (assumes, as in GPT and HF GPT-2, that the output is only broadcast-added).
 
 Tied weights: a parameter shared by a Linear and an Embedding (GPT's ``lm_head.weight`` = ``wte.weight``) is
 represented by the *Linear* factors only (the LM head's A = E[h hᵀ], G = E[ĝ ĝᵀ] over the vocabulary); the
@@ -63,6 +68,7 @@ passes: K-FAC factors, eigendecompositions, then moments with the same MC labels
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -76,7 +82,7 @@ from .fisher import sample_labels
 from .functional import Batch, curvature_mode
 
 APPROXIMATIONS = ("expand", "reduce")
-KFAC_FISHERS = ("mc", "exact", "empirical")
+KFAC_FISHERS = ("mc", "exact", "type-2", "empirical")
 OutputSource = Callable[[torch.Tensor], Iterable[torch.Tensor]]
 
 
@@ -115,7 +121,8 @@ class _State:
     basis: tuple[torch.Tensor, torch.Tensor] | None = None
     cache: torch.Tensor | None = None  # rotated inputs [B', T', d_in'] (linear) or indices [B', T'] (embedding)
     output: torch.Tensor | None = None
-    lead: int = 1  # leading (sequence) dimension of the layer's output: B, or 1 for a batch-less lookup
+    lead: int = 1  # sequences in the layer's output: B, or 1 for a batch-less lookup (wpe)
+    seq: int = 1  # positions per sequence (1 for 2-D inputs)
 
 
 def find_layers(model: nn.Module, modules: Sequence[str] | None = None) -> list[LayerInfo]:
@@ -144,7 +151,7 @@ def find_layers(model: nn.Module, modules: Sequence[str] | None = None) -> list[
 
 def output_cotangents(logits: torch.Tensor, fisher: str, mc_samples: int = 1,
                       generator: torch.Generator | None = None) -> Iterable[torch.Tensor]:
-    """Cotangents U_k [B, T, V] at the logits with Σ_k U_k U_kᵀ ≈ diag(p) − p pᵀ per token (module doc)."""
+    """Cotangents U_k (shape of ``logits`` [B, ..., V]) with Σ_k U_k U_kᵀ ≈ diag(p) − p pᵀ per token (module doc)."""
     p = logits.detach().softmax(dim=-1)
     if fisher == "mc":
         labels = sample_labels(p, mc_samples, generator)
@@ -153,14 +160,18 @@ def output_cotangents(logits: torch.Tensor, fisher: str, mc_samples: int = 1,
             U = -p
             U.scatter_add_(-1, labels[..., k:k + 1], torch.ones_like(p[..., :1]))
             yield U * scale
-    elif fisher == "exact":
-        sqrt_p = p.sqrt()
-        for c in range(p.shape[-1]):
-            U = -p * sqrt_p[..., c:c + 1]
-            U[..., c] += sqrt_p[..., c]
-            yield U
-    else:
+        return
+    if fisher not in ("exact", "type-2"):
         raise InfogeomError(f"unknown output-gradient source {fisher!r}; choose one of {', '.join(KFAC_FISHERS)}")
+    sqrt_p = p.sqrt()
+    flat, sqrt_flat = p.reshape(p.shape[0], -1, p.shape[-1]), sqrt_p.reshape(p.shape[0], -1, p.shape[-1])
+    positions = [slice(None)] if fisher == "type-2" else [slice(t, t + 1) for t in range(flat.shape[1])]
+    for pos in positions:
+        for c in range(p.shape[-1]):
+            U = torch.zeros_like(flat)
+            U[:, pos] = -flat[:, pos] * sqrt_flat[:, pos, c:c + 1]
+            U[:, pos, c] += sqrt_flat[:, pos, c]
+            yield U.reshape(p.shape)
 
 
 class KFACCapture:
@@ -188,14 +199,16 @@ class KFACCapture:
         self._handles: list = []
         self._active = False
         self._tokens = [0]
+        self._batch = 1
+        self.cotangent_chunk = 32  # cotangents back-propagated together (vmapped backward); 1 = one at a time
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
     def attach(self) -> KFACCapture:
         if not self._handles:
             self._handles.append(self.model.register_forward_pre_hook(self._begin))
-            self._handles.append(self.model.register_forward_hook(self._end))
-            for info in self.layers:
+            for info in self.layers:  # before the model's own hook, which may run on the same module
                 self._handles.append(info.module.register_forward_hook(self._layer_hook(self._states[info.name])))
+            self._handles.append(self.model.register_forward_hook(self._end))
         return self
 
     def detach(self) -> None:
@@ -244,15 +257,21 @@ class KFACCapture:
     def _begin(self, module: nn.Module, args: tuple) -> None:
         self._active = self.enabled and torch.is_grad_enabled()
         self._tokens = [0]  # filled at the end of this forward: number of output positions (tokens)
+        x = args[0] if args else None
+        self._batch = int(x.shape[0]) if isinstance(x, torch.Tensor) and x.ndim > 1 else 1
 
     def _layer_hook(self, state: _State):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             if not self._active:
                 return
             x = inputs[0].detach()
+            replaced = None
             if state.info.kind == "linear":
                 self._accumulate_input(state, x)
             else:
+                if self._batch > 1 and (x.ndim == 1 or x.shape[0] == 1):  # lookup shared by the batch (wpe)
+                    x = x.reshape(1, -1).expand(self._batch, -1)
+                    output = replaced = output.reshape(1, *output.shape[-2:]).expand(self._batch, -1, -1)
                 self._accumulate_lookup(state, x)
             if self.fisher == "empirical":
                 tokens = self._tokens
@@ -260,6 +279,7 @@ class KFACCapture:
                 output.register_hook(lambda g: self._accumulate_grad(state, g.detach() * scale(), tokens[0]))
             else:
                 state.output = output
+            return replaced
         return hook
 
     def _end(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
@@ -270,12 +290,13 @@ class KFACCapture:
             return
         states = [s for s in self._states.values() if s.output is not None]
         outs = [s.output for s in states]
-        source = (self.fisher(output.detach()) if callable(self.fisher)
-                  else output_cotangents(output, self.fisher, self.mc_samples, self.generator))
+        source = iter(self.fisher(output.detach()) if callable(self.fisher)
+                      else output_cotangents(output, self.fisher, self.mc_samples, self.generator))
         count = self._tokens[0]
-        for U in source:
-            grads = torch.autograd.grad(output, outs, grad_outputs=U.to(output.dtype), retain_graph=True,
-                                        allow_unused=True)
+        while chunk := list(itertools.islice(source, self.cotangent_chunk)):
+            U = torch.stack(chunk).to(output.dtype)
+            grads = torch.autograd.grad(output, outs, grad_outputs=U if len(chunk) > 1 else U[0],
+                                        retain_graph=True, allow_unused=True, is_grads_batched=len(chunk) > 1)
             for s, g in zip(states, grads):
                 if g is not None:
                     self._accumulate_grad(s, g, count)
@@ -293,6 +314,7 @@ class KFACCapture:
         weight = state.info.module.weight
         d_in = weight.shape[1]
         a = x.reshape(x.shape[0], -1, d_in).to(weight.dtype)  # [B', T', d_in]; 2-D inputs get T' = 1
+        state.lead, state.seq = a.shape[0], a.shape[1]
         rows = a.reshape(-1, d_in) if self.approx == "expand" else a.mean(dim=1)
         bias = state.info.bias is not None
         A = torch.empty(d_in + bias, d_in + bias, dtype=weight.dtype, device=weight.device)
@@ -313,28 +335,30 @@ class KFACCapture:
         self._add(state, "A", counts)
         state.nA += idx.numel()
         idx = idx.reshape(-1, idx.shape[-1])
-        state.lead = idx.shape[0]
+        state.lead, state.seq = idx.shape
         if state.basis is not None:
             state.cache = idx
 
     def _accumulate_grad(self, state: _State, g: torch.Tensor, count: float) -> None:
+        """``g``: output gradient(s) of the layer, ``[K, *output.shape]`` for K batched cotangents."""
         weight = state.info.module.weight
-        d_out = weight.shape[0] if state.info.kind == "linear" else weight.shape[1]
-        lead = g.shape[0] if state.info.kind == "linear" else state.lead
-        g = g.reshape(lead, -1, d_out).to(weight.dtype)  # [B', T', d_out]
-        rows = g.reshape(-1, d_out) if (self.approx == "expand" or state.info.kind == "embedding") else g.sum(1)
+        linear = state.info.kind == "linear"
+        d_out = weight.shape[0] if linear else weight.shape[1]
+        g = g.reshape(-1, state.lead, state.seq, d_out).to(weight.dtype)  # [K, B', T', d_out]
+        rows = (g.sum(dim=2) if self.approx == "reduce" and linear else g).reshape(-1, d_out)
         self._add(state, "G", rows.T @ rows)
         state.nG += count
         if state.basis is None or state.cache is None:
             return
         g_rot = g @ state.basis[1]
-        if state.info.kind == "linear":
-            per_seq = g_rot.transpose(1, 2) @ state.cache  # [B', d_out, d_in']
+        if linear:
+            per_seq = torch.einsum("kbto,bti->kboi", g_rot, state.cache)
         else:
-            idx = state.cache
+            idx = state.cache.repeat(g.shape[0], 1)
+            g_rot = g_rot.reshape(idx.shape[0], -1, d_out)
             per_seq = g_rot.new_zeros(idx.shape[0], weight.shape[0], d_out)
             per_seq.scatter_add_(1, idx[..., None].expand(-1, -1, d_out), g_rot)
-        self._add(state, "M", per_seq.square().sum(dim=0))
+        self._add(state, "M", per_seq.square().sum(dim=tuple(range(per_seq.ndim - 2))))
         state.nM += count
 
 

@@ -47,12 +47,13 @@ class EigenBlock:
         return self.factors.info.kind == "linear"
 
     def rotate(self, M: torch.Tensor, back: bool = False) -> torch.Tensor:
-        """``Q_Gᵀ M Q_A`` (``back``: ``Q_G M Q_Aᵀ``) for ``M [d_out, d_in', k]`` (embedding: ``M [num, dim, k]``)."""
-        QG = self.QG if back else self.QG.T
+        """``Q_Gᵀ M Q_A`` (``back``: ``Q_G M Q_Aᵀ``) for ``M [k, d_out, d_in']`` (embedding: ``M [k, num, dim]``,
+        ``M Q_G`` / ``M Q_Gᵀ``); batched matmuls."""
         if not self.linear:
-            return torch.einsum("vck,dc->vdk", M, QG)
-        QA = self.QA.T if back else self.QA
-        return torch.einsum("oi,ijk,jl->olk", QG, M, QA)
+            return M @ (self.QG.T if back else self.QG)
+        if back:
+            return self.QG @ M @ self.QA.T
+        return self.QG.T @ M @ self.QA
 
     def pi_grid(self, damping: float) -> torch.Tensor:
         """(α + π√λ)(γ + √λ/π) on the eigenvalue grid (π from the factor traces)."""
@@ -77,19 +78,21 @@ class KroneckerOperator(CurvatureOperator):
         self.blocks = blocks
 
     def _apply(self, V: torch.Tensor, scale: Callable[[EigenBlock], torch.Tensor]) -> torch.Tensor:
-        parts = dict(zip(self.names, unflatten(V, self.shapes)))
+        """Per layer: rotate into the eigenbasis, multiply by ``scale(block)`` (weight-shaped), rotate back."""
+        k = V.shape[1]
+        parts = {n: t.movedim(-1, 0) for n, t in zip(self.names, unflatten(V, self.shapes))}  # [k, *shape]
         out = {}
         for b in self.blocks:
             info = b.factors.info
             M = parts[info.weight]
             if info.bias is not None:
-                M = torch.cat([M, parts[info.bias][:, None]], dim=1)
-            R = b.rotate(b.rotate(M) * scale(b)[..., None], back=True)
+                M = torch.cat([M, parts[info.bias][..., None]], dim=-1)
+            R = b.rotate(b.rotate(M) * scale(b), back=True)
             if info.bias is not None:
-                out[info.bias] = R[:, -1]
-                R = R[:, :-1]
+                out[info.bias] = R[..., -1]
+                R = R[..., :-1]
             out[info.weight] = R
-        return flatten([out[n] for n in self.names]).reshape(V.shape)
+        return torch.cat([out[n].reshape(k, -1) for n in self.names], dim=1).T
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         return self._apply(V, lambda b: b.grid)

@@ -1,5 +1,15 @@
-"""Optimizers (all ``torch.optim.Optimizer``s) and the name registry used by the trainer and CLI."""
+"""Optimizers (all ``torch.optim.Optimizer``s) and the name registry used by the trainer and CLI.
 
+Registered names: 'adamw', 'sgd' (registry), 'muon' (Muon + AdamW baseline), 'kfac', 'ekfac' (Kronecker-factored
+natural gradient), 'ngcg' (conjugate gradient on Fisher-vector products).
+"""
+
+from .ekfac import EKFAC
+from .hybrid import HybridOptimizer
+from .kfac import KFAC
+from .muon import MuonAdamW
+from .ngcg import NaturalGradientCG
 from .registry import OPTIMIZERS, build_optimizer, register_optimizer
 
-__all__ = ["OPTIMIZERS", "build_optimizer", "register_optimizer"]
+__all__ = ["EKFAC", "KFAC", "OPTIMIZERS", "HybridOptimizer", "MuonAdamW", "NaturalGradientCG", "build_optimizer",
+           "register_optimizer"]

@@ -13,14 +13,15 @@ HEAD_NAMES = ("lm_head",)
 
 def linear_layers(model: nn.Module, include_head: bool = False, head_names: Sequence[str] = HEAD_NAMES,
                   ) -> dict[str, nn.Linear]:
-    """Trainable ``nn.Linear`` modules by name, skipping weights shared with an ``nn.Embedding`` (tied heads) and,
-    unless ``include_head``, modules whose last name component is in ``head_names``."""
+    """Trainable ``nn.Linear`` modules by name. Heads (last name component in ``head_names``) only with
+    ``include_head`` (tied or not); other weights shared with an ``nn.Embedding`` never."""
     embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     layers = {}
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or not module.weight.requires_grad or id(module.weight) in embedded:
+        if not isinstance(module, nn.Linear) or not module.weight.requires_grad:
             continue
-        if not include_head and name.rsplit(".", 1)[-1] in head_names:
+        is_head = name.rsplit(".", 1)[-1] in head_names
+        if (is_head and not include_head) or (not is_head and id(module.weight) in embedded):
             continue
         layers[name] = module
     return layers

@@ -15,7 +15,7 @@ import torch
 
 from ..errors import InfogeomError
 from . import simulator as sim
-from .gates import MACROS, generator_operator, get_gate, gate_operator
+from .gates import MACROS, gate_operator, generator_operator, get_gate
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class Circuit:
         self.ops: list[Op] = []
         self.n_params = 0
         self.n_features = 0
+        self._compiled: tuple | None = None
 
     # ---- building -----------------------------------------------------------------------------------------------
     def add(self, gate: str, wires: int | tuple[int, ...] | list[int], *, param: int | tuple[int, ...] | None = None,
@@ -169,20 +170,71 @@ class Circuit:
             return torch.full((1,), op.angle, dtype=P.dtype, device=P.device)
         return None
 
-    def _sweep(self, P, X, B, dtype, jacobian: bool) -> torch.Tensor:
-        """Run all gates on ``[B, 1 (+ #trainable gates so far), D]`` channels; returns ``[B, 1 + K, D]``."""
-        n, device = self.n_qubits, P.device
-        state = sim.zero_state(n, B, dtype, device)
+    def _program(self, dtype: torch.dtype, device) -> list:
+        """The gate list compiled for simulation: runs of fixed permutation/diagonal gates (CNOT, CZ, SWAP, X, Z,
+        S, T, ...) fused into one monomial step (gather index, phases) each; every other gate is its own step."""
+        key = (len(self.ops), dtype, str(device))
+        if self._compiled is not None and self._compiled[0] == key:
+            return self._compiled[1]
+        steps: list = []
+        run: list = []
+
+        def flush():
+            if run:
+                g, ph = sim.monomial_tables(self.n_qubits, run)
+                steps.append(("mono", None if g is None else torch.as_tensor(g, device=device),
+                              None if ph is None else torch.as_tensor(ph, dtype=dtype, device=device)))
+                run.clear()
+
         for op in self.ops:
             gate = get_gate(op.gate)
-            angle = self._angle(op, P, X)
-            operator = None if gate.kind == "perm" else gate_operator(gate, angle, dtype, device)
-            state = sim.apply_gate(state, gate, operator, op.wires, n)
-            if jacobian and op.param is not None:
-                d = sim.apply_operator(state[:, :1], generator_operator(gate, dtype, device), op.wires, n,
-                                       diagonal=gate.kind == "diag")
-                state = torch.cat([state, d], dim=1)
-        return state
+            if not gate.parametrized and gate.kind in ("perm", "diag"):
+                run.append((gate, op.wires))
+                continue
+            flush()
+            steps.append(("gate", op, gate, None if gate.parametrized else gate_operator(gate, None, dtype, device),
+                          generator_operator(gate, dtype, device) if op.param is not None else None))
+        flush()
+        self._compiled = (key, steps)
+        return steps
+
+    def _run(self, P, X, B, dtype) -> torch.Tensor:
+        """Final states ``[B, D]`` (differentiable by autograd)."""
+        n, device = self.n_qubits, P.device
+        state = sim.zero_state(n, B, dtype, device)
+        for step in self._program(dtype, device):
+            if step[0] == "mono":
+                state = sim.apply_monomial(state, step[1], step[2])
+            else:
+                _, op, gate, fixed, _ = step
+                operator = fixed if fixed is not None else gate_operator(gate, self._angle(op, P, X), dtype, device)
+                state = sim.apply_operator(state, operator, op.wires, n, gate.kind == "diag")
+        return state[0]
+
+    @torch.no_grad()
+    def _jacobian_sweep(self, P, X, B, dtype) -> torch.Tensor:
+        """States and per-gate Jacobians ``[1 + K, B, D]`` (channel 0 = ψ, channel 1 + g = ∂ψ/∂(angle of trainable
+        gate g)). Channels are appended when their gate is reached and updated by every later gate; two
+        preallocated buffers are written in turn (one memory pass per gate; no autograd)."""
+        n, device = self.n_qubits, P.device
+        K = len(self.trainable_ops)
+        bufs = [torch.empty(1 + K, B, 2**n, dtype=dtype, device=device) for _ in range(2)]
+        bufs[0][:1] = sim.zero_state(n, B, dtype, device)
+        a = 1
+        for step in self._program(dtype, device):
+            src, dst = bufs
+            if step[0] == "mono":
+                sim.apply_monomial(src[:a], step[1], step[2], out=dst[:a])
+            else:
+                _, op, gate, fixed, gen = step
+                operator = fixed if fixed is not None else gate_operator(gate, self._angle(op, P, X), dtype, device)
+                diagonal = gate.kind == "diag"
+                sim.apply_operator(src[:a], operator, op.wires, n, diagonal, out=dst[:a])
+                if gen is not None:
+                    sim.apply_operator(dst[:1], gen, op.wires, n, diagonal, out=dst[a:a + 1])
+                    a += 1
+            bufs.reverse()
+        return bufs[0]
 
     def state(self, params: torch.Tensor | None = None, inputs: torch.Tensor | None = None,
               dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -190,8 +242,7 @@ class Circuit:
 
         ``dtype`` defaults to complex128 for float64 params, else complex64."""
         P, X, B, batched, dtype = self._prepare(params, inputs, dtype)
-        psi = self._sweep(P, X, B, dtype, jacobian=False)[:, 0]
-        psi = psi.reshape(B, *([2] * self.n_qubits))
+        psi = self._run(P, X, B, dtype).reshape(B, *([2] * self.n_qubits))
         return psi if batched else psi[0]
 
     def state_and_jacobian(self, params: torch.Tensor, inputs: torch.Tensor | None = None,
@@ -200,10 +251,11 @@ class Circuit:
         """Flat state ψ ``[B, D]`` and Jacobian J ``[B, P, D]`` with J[b, k] = ∂ψ_b/∂θ_k (unbatched: no B).
 
         A parameter shared by several gates gets the sum of their contributions (chain rule); with
-        ``per_gate=True`` J has one row per trainable gate (:attr:`trainable_ops` order) instead."""
+        ``per_gate=True`` J has one row per trainable gate (:attr:`trainable_ops` order) instead.
+        Computed in one forward-mode sweep without autograd (the result is not differentiable)."""
         P, X, B, batched, dtype = self._prepare(params, inputs, dtype)
-        out = self._sweep(P, X, B, dtype, jacobian=True)
-        psi, J = out[:, 0], out[:, 1:]
+        out = self._jacobian_sweep(P, X, B, dtype)
+        psi, J = out[0], out[1:].transpose(0, 1)
         if not per_gate:
             J = gate_to_param(J, self.op_params(), self.n_params, dim=1)
         return (psi, J) if batched else (psi[0], J[0])

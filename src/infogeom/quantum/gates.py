@@ -98,7 +98,7 @@ def _eigh(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _const(a: np.ndarray, dtype: torch.dtype, device) -> torch.Tensor:
-    return torch.as_tensor(a, dtype=dtype, device=device)
+    return torch.tensor(np.array(a), dtype=dtype, device=device)
 
 
 def gate_operator(gate: Gate, angle: torch.Tensor | None, dtype: torch.dtype, device) -> torch.Tensor:

@@ -1,10 +1,11 @@
 """Batched state-vector kernels: apply gates to many states at once, measure probabilities, expectations, samples.
 
-Internally a batch of states is a tensor ``[B, M, D]`` with ``D = 2^n`` amplitudes (basis index
-x = Σ_w x_w 2^{n−1−w}, wire 0 most significant, as in PennyLane) and ``M`` extra channels that share the gate
-(the state Jacobian sweep uses ``M = 1 + #parameters``). Gate operators carry a leading batch axis of size ``B``
-(one angle per state) or 1 (shared). Every kernel is one tensor program over the whole batch; cost per gate is
-O(B·M·D) for diagonal and permutation gates and O(B·M·D·2^k) for a dense k-wire gate.
+Internally a batch of states is a tensor ``[M, B, D]`` with ``D = 2^n`` amplitudes (basis index
+x = Σ_w x_w 2^{n−1−w}, wire 0 most significant, as in PennyLane), ``B`` states and ``M`` channels that share
+each state's gates (the state Jacobian sweep uses ``M = 1 + #parameters``; channel-major so a prefix of channels is
+contiguous). Gate operators carry a leading batch axis of size ``B`` (one angle per state) or 1 (shared). Every kernel is one tensor program over the whole batch; cost per gate is
+O(B·M·D) for diagonal gates and fused runs of fixed permutation/diagonal gates, O(B·M·D·2^k) for a dense
+k-wire gate.
 """
 
 from __future__ import annotations
@@ -67,39 +68,71 @@ def basis_bits(n: int, device) -> torch.Tensor:
 
 
 def zero_state(n: int, batch: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """|0…0⟩ for a batch: ``[batch, 1, 2^n]``."""
-    psi = torch.zeros(batch, 1, 2**n, dtype=dtype, device=device)
-    psi[:, 0, 0] = 1
+    """|0…0⟩ for a batch: ``[1, batch, 2^n]``."""
+    psi = torch.zeros(1, batch, 2**n, dtype=dtype, device=device)
+    psi[0, :, 0] = 1
     return psi
 
 
-def apply_gate(state: torch.Tensor, gate: Gate, operator: torch.Tensor | None, wires: tuple[int, ...],
-               n: int) -> torch.Tensor:
-    """Apply a gate to ``state [B, M, D]``. ``operator`` is from :func:`gate_operator` / :func:`generator_operator`
-    (``[B|1, d]`` phases for "diag", ``[B|1, d, d]`` for "dense", ignored for "perm")."""
-    if gate.kind == "perm":
-        return state.index_select(-1, _cached(("perm", n, wires, gate.perm),
-                                              lambda: _perm_gather_np(n, wires, gate.perm), state.device))
-    return apply_operator(state, operator, wires, n, diagonal=gate.kind == "diag")
+def _finish(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    return result if out is None else out.copy_(result)
+
+
+def apply_monomial(state: torch.Tensor, gather: torch.Tensor | None, phase: torch.Tensor | None,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """ψ'[y] = phase[y] · ψ[gather[y]] on ``state [M, B, D]`` — a fused run of fixed permutation and diagonal gates
+    (a whole CNOT chain costs one gather). ``out``: optional preallocated result (no autograd)."""
+    if gather is None:
+        return torch.mul(state, phase, out=out)
+    state = torch.gather(state, -1, gather.view(1, 1, -1).expand(state.shape), out=out)
+    if phase is None:
+        return state
+    return state.mul_(phase) if out is not None else state * phase
+
+
+def monomial_tables(n: int, gates: list[tuple[Gate, tuple[int, ...]]]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Compose fixed "perm"/"diag" gates (in circuit order) into (gather ``[D]``, phase ``[D]``); None parts are
+    identities. After a perm g': g ← g[g'], phase ← phase[g']; after a diagonal d: phase ← d · phase."""
+    D = 2**n
+    g, ph = np.arange(D), np.ones(D, dtype=complex)
+    for gate, wires in gates:
+        if gate.kind == "perm":
+            gp = _perm_gather_np(n, wires, gate.perm)
+            g, ph = g[gp], ph[gp]
+        else:
+            ph = gate.diag[_local_index_np(n, wires)] * ph
+    return (None if np.array_equal(g, np.arange(D)) else g), (None if np.all(ph == 1) else ph)
 
 
 def apply_operator(state: torch.Tensor, operator: torch.Tensor, wires: tuple[int, ...], n: int,
-                   diagonal: bool) -> torch.Tensor:
-    """Apply a (not necessarily unitary) operator on ``wires`` to ``state [B, M, D]``."""
-    B, M, D = state.shape
+                   diagonal: bool, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply a (not necessarily unitary) operator on ``wires`` to ``state [M, B, D]``: ``operator`` is ``[B|1, d]``
+    (diagonal) or ``[B|1, d, d]``, d = 2^len(wires). ``out``: optional preallocated result (no autograd)."""
+    M, B, D = state.shape
     if diagonal:
-        return state * operator[:, local_index(n, wires, state.device)][:, None, :]
+        return torch.mul(state, operator[:, local_index(n, wires, state.device)], out=out)
     if len(wires) == 1:
         w = wires[0]
-        s = state.reshape(B, M * 2**w, 2, 2 ** (n - w - 1))
-        out = torch.einsum("bij,bljr->blir", operator.expand(B, 2, 2), s)
-        return out.reshape(B, M, D)
+        shape = (M, B, 2**w, 2, 2 ** (n - w - 1))
+        if shape[-1] >= 4:  # batched 2×2 @ 2×R matmuls
+            res = torch.matmul(operator[:, None], state.reshape(shape), out=None if out is None else out.view(shape))
+            return res.reshape(M, B, D) if out is None else out
+        # last wires (R ≤ 2): elementwise, matmul would broadcast the operator to every row
+        s = state.reshape(shape)
+        u = operator.reshape(1, -1, 1, 2, 2, 1)
+        if out is None:
+            return torch.stack([s[:, :, :, 0] * u[..., 0, 0, :] + s[:, :, :, 1] * u[..., 0, 1, :],
+                                s[:, :, :, 0] * u[..., 1, 0, :] + s[:, :, :, 1] * u[..., 1, 1, :]], dim=3).reshape(M, B, D)
+        o = out.view(shape)
+        for i in range(2):
+            torch.mul(s[:, :, :, 0], u[..., i, 0, :], out=o[:, :, :, i]).addcmul_(s[:, :, :, 1], u[..., i, 1, :])
+        return out
     k = len(wires)
     axes = [2 + w for w in wires]
-    s = state.reshape(B, M, *([2] * n)).movedim(axes, list(range(2 + n - k, 2 + n)))
+    s = state.reshape(M, B, *([2] * n)).movedim(axes, list(range(2 + n - k, 2 + n)))
     shape = s.shape
-    out = s.reshape(B, -1, 2**k) @ operator.expand(B, 2**k, 2**k).transpose(-1, -2)
-    return out.reshape(shape).movedim(list(range(2 + n - k, 2 + n)), axes).reshape(B, M, D)
+    res = s.reshape(M, B, -1, 2**k) @ operator.transpose(-1, -2)[:, None]
+    return _finish(res.reshape(shape).movedim(list(range(2 + n - k, 2 + n)), axes).reshape(M, B, D), out)
 
 
 # ---- measurement ----------------------------------------------------------------------------------------------

@@ -1,0 +1,64 @@
+"""EK-FAC-style optimizer: Adam's second moment in the eigenbasis of the K-FAC factors (SOAP-like).
+
+With the K-FAC eigenbases Q_L, Q_R of a layer (:mod:`.kronecker`; Fisher factors, refreshed every ``inv_every``
+steps) and gradient matrix X, at update t:
+
+    m ← β₁ m + (1−β₁) X                      (first moment, parameter basis)
+    v ← β₂ v + (1−β₂) (Q_Lᵀ X Q_R)^{∘2}      (second moment, eigenbasis: diagonal rescaling à la George et al.)
+    Δ = Q_L [ (Q_Lᵀ m Q_R / (1−β₁ᵗ)) ⊘ (√(v / (1−β₂ᵗ)) + ε) ] Q_Rᵀ,    θ ← θ(1 − η·wd) − η Δ.
+
+SOAP (Vyas et al. 2024) is the same update in the eigenbasis of gradient outer products (Shampoo factors); here the
+basis is that of the Fisher factors. ε plays the role of the damping (raised when a step is skipped). Cost per step:
+four small matmuls per layer.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from .kronecker import KroneckerCore, KroneckerOptimizer, from_eigenbasis, select_layers, to_eigenbasis
+from .registry import register_optimizer
+
+
+class EKFACCore(KroneckerCore):
+    def _apply(self) -> None:
+        b1, b2 = self.defaults["betas"]
+        t = self.steps + 1
+        eps = self.damping
+        lrs = self.lr_of()
+        wds = {id(p): g["weight_decay"] for g in self.param_groups for p in g["params"]}
+        for layer in self.layers:
+            _, _, QL, QR = self.eigenbasis(layer)
+            X = layer.grad_matrix()
+            st = self.state[layer.weight]
+            if "exp_avg" not in st:
+                st["exp_avg"], st["exp_avg_sq"] = X.new_zeros(X.shape), X.new_zeros(X.shape)
+            m, v = st["exp_avg"], st["exp_avg_sq"]
+            m.lerp_(X, 1 - b1)
+            Y = to_eigenbasis(X, QL, QR)
+            v.mul_(b2).addcmul_(Y, Y, value=1 - b2)
+            step = to_eigenbasis(m, QL, QR).div_(1 - b1 ** t) / ((v / (1 - b2 ** t)).sqrt_().add_(eps))
+            lr = lrs[id(layer.weight)]
+            for p, u in zip(layer.params, layer.split(from_eigenbasis(step, QL, QR))):
+                p.mul_(1 - lr * wds[id(p)]).add_(u, alpha=-lr)
+
+
+class EKFAC(KroneckerOptimizer):
+    """Adam in the K-FAC eigenbasis on the model's Linear layers, AdamW (``adamw_lr``, default ``lr``) on the rest.
+    Options as :class:`~.kfac.KFAC` (factors, schedule, layer selection); ``betas``/``eps`` are shared with the
+    AdamW part."""
+
+    def __init__(self, model: nn.Module, lr: float = 3e-3, weight_decay: float = 0.0, betas=(0.9, 0.95),
+                 eps: float = 1e-8, cov_every: int = 10, inv_every: int = 50, factor_decay: float = 0.95,
+                 approx: str = "reduce", fisher: str = "mc", mc_samples: int = 1, head: bool | str = "auto",
+                 embeddings: bool = False, max_factor_dim: int = 2048, adamw_lr: float | None = None,
+                 damping_boost: float = 10.0, seed: int = 0):
+        modules = select_layers(model, head, embeddings, max_factor_dim)
+        core = EKFACCore(model, modules, lr, weight_decay, eps, approx, fisher, mc_samples, cov_every, inv_every,
+                         factor_decay, damping_boost, seed, betas=tuple(betas))
+        super().__init__(model, core, lr if adamw_lr is None else adamw_lr, weight_decay, betas, eps)
+
+
+@register_optimizer("ekfac")
+def _ekfac(model: nn.Module, lr: float, weight_decay: float, **options) -> EKFAC:
+    return EKFAC(model, lr=lr, weight_decay=weight_decay, **options)

@@ -1,0 +1,282 @@
+"""Shared machinery of the Kronecker-factored optimizers (:class:`~.kfac.KFAC`, :class:`~.ekfac.EKFAC`).
+
+Curvature comes from :class:`infogeom.geometry.kfac.KFACCapture` (hooks on the model; no second capture here). Per
+preconditioned layer the gradient is a matrix X with Fisher block F X ≈ L X R:
+
+- ``nn.Linear``: X = [∇W | ∇b] ``[d_out, d_in(+1)]``, L = G (output-gradient factor), R = A (input factor);
+- ``nn.Embedding``: X = ∇E ``[num, dim]``, L = diag(A) (index frequencies, a vector), R = G.
+
+Schedule (k = number of completed steps): the capture is enabled only for the forward(s) before a step with
+k ≡ 0 (mod ``cov_every``); that step pops the fresh factors, all-reduces them over DDP ranks and folds them into
+running averages L ← d·L + (1−d)·L_new (d = ``factor_decay``; the first factors are taken as they are). Steps with
+k ≡ 0 (mod ``inv_every``) eigendecompose L = Q_L diag(e_L) Q_Lᵀ and R likewise (float64 ``eigh``, eigenvalues
+clamped at 0; vector factors are their own eigenvalues). Under DDP the decompositions are spread over the ranks
+(greedy by d³ cost) and broadcast, so every rank holds identical bases. With ``fisher="mc"`` the capture samples
+labels y ~ p_θ from a seeded generator and back-propagates them from the logits to the layer outputs at the end of
+the forward (``autograd.grad`` with ``retain_graph``, no parameter gradients): about half a backward, on cov steps
+only. ``fisher="empirical"`` reuses the training backward (free, but not the Fisher).
+
+Safety: a non-finite gradient, non-finite factors or a failed/non-finite decomposition skip the whole step (the
+parameters are untouched), multiply the damping by ``damping_boost`` and warn; the damping then relaxes back
+towards its configured value by ×0.9 per successful step. Parameters not preconditioned (norms, biases of skipped
+layers, embeddings, the LM head when skipped) are updated by an AdamW inside the same optimizer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.optim import Optimizer
+
+from ..errors import InfogeomError
+from ..geometry.kfac import KFACCapture, LayerFactors, LayerInfo
+from .distributed import all_reduce_mean_, broadcast_, rank, world_size
+from .hybrid import HybridOptimizer
+from .params import HEAD_NAMES, adamw_groups, linear_layers
+from .safety import all_finite, warn_skip
+
+
+@dataclass
+class Layer:
+    """A preconditioned layer: its parameters and the orientation of its gradient matrix (module doc)."""
+
+    info: LayerInfo
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [self.weight] if self.bias is None else [self.weight, self.bias]
+
+    def grad_matrix(self) -> torch.Tensor:
+        gw = self.weight.grad if self.weight.grad is not None else torch.zeros_like(self.weight)
+        if self.bias is None:
+            return gw
+        gb = self.bias.grad if self.bias.grad is not None else torch.zeros_like(self.bias)
+        return torch.cat([gw, gb[:, None]], dim=1)
+
+    def split(self, X: torch.Tensor) -> list[torch.Tensor]:
+        """Inverse of :meth:`grad_matrix`: ``[W-shaped, b-shaped]``."""
+        if self.bias is None:
+            return [X]
+        return [X[:, :-1], X[:, -1]]
+
+    def orient(self, f: LayerFactors) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(L, R)`` with F X ≈ L X R."""
+        return (f.G, f.A) if self.info.kind == "linear" else (f.A, f.G)
+
+
+def to_eigenbasis(X: torch.Tensor, QL: torch.Tensor | None, QR: torch.Tensor | None) -> torch.Tensor:
+    """Q_Lᵀ X Q_R (a missing Q is the identity of a diagonal factor)."""
+    X = X if QL is None else QL.T @ X
+    return X if QR is None else X @ QR
+
+
+def from_eigenbasis(Y: torch.Tensor, QL: torch.Tensor | None, QR: torch.Tensor | None) -> torch.Tensor:
+    """Q_L Y Q_Rᵀ."""
+    Y = Y if QL is None else QL @ Y
+    return Y if QR is None else Y @ QR.T
+
+
+def select_layers(model: nn.Module, head: bool | str = "auto", embeddings: bool = False,
+                  max_factor_dim: int = 2048, head_names=HEAD_NAMES) -> list[str]:
+    """Module names to precondition: every ``nn.Linear`` whose factor sides are ≤ ``max_factor_dim`` (+1 for a
+    bias); the head (``head_names``) when ``head`` is True, or with ``"auto"`` when it is not tied to an
+    embedding; with ``embeddings``, untied ``nn.Embedding`` modules whose width is ≤ ``max_factor_dim``."""
+    embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    chosen = {}
+    for name, m in linear_layers(model, include_head=head is not False, head_names=head_names).items():
+        is_head = name.rsplit(".", 1)[-1] in head_names
+        if is_head and head == "auto" and id(m.weight) in embedded:
+            continue
+        if max(m.in_features, m.out_features) <= max_factor_dim:
+            chosen[name] = m
+    taken = {id(m.weight) for m in chosen.values()}
+    head_weights = {id(m.weight) for n, m in model.named_modules()
+                    if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in head_names}
+    names = list(chosen)
+    if embeddings:
+        names += [n for n, m in model.named_modules() if isinstance(m, nn.Embedding) and m.weight.requires_grad
+                  and id(m.weight) not in taken | head_weights and m.embedding_dim <= max_factor_dim]
+    if not names:
+        raise InfogeomError("no nn.Linear/nn.Embedding layer to precondition (check head/max_factor_dim)")
+    return names
+
+
+class KroneckerCore(Optimizer):
+    """Factor schedule, eigendecompositions, DDP and safety for the preconditioned layers; subclasses implement
+    :meth:`_apply` (the update of every layer from the eigenbases in ``self.state[layer.weight]``).
+
+    Optimizer-wide state (``steps``, current ``damping``, generator state) is exposed by :meth:`extra_state`.
+    """
+
+    def __init__(self, model: nn.Module, modules: list[str], lr: float, weight_decay: float, damping: float,
+                 approx: str, fisher: str, mc_samples: int, cov_every: int, inv_every: int, factor_decay: float,
+                 damping_boost: float, seed: int, **defaults):
+        if int(cov_every) < 1 or int(inv_every) < 1:
+            raise InfogeomError(f"cov_every and inv_every must be positive, got {cov_every} and {inv_every}")
+        if not 0.0 <= factor_decay < 1.0:
+            raise InfogeomError(f"factor_decay must be in [0, 1), got {factor_decay}")
+        if not damping > 0:
+            raise InfogeomError(f"damping must be positive, got {damping}")
+        self.generator = torch.Generator().manual_seed(int(seed) + rank())
+        self.capture = KFACCapture(model, approx=approx, fisher=fisher, mc_samples=mc_samples,
+                                   generator=self.generator, modules=modules)
+        named = dict(model.named_parameters())
+        self.layers = [Layer(info, named[info.weight], named[info.bias] if info.bias else None)
+                       for info in self.capture.layers]
+        groups = [{"params": [la.weight for la in self.layers], "weight_decay": weight_decay},
+                  {"params": [la.bias for la in self.layers if la.bias is not None], "weight_decay": 0.0}]
+        super().__init__([g for g in groups if g["params"]],
+                         dict(lr=lr, damping=damping, cov_every=int(cov_every), inv_every=int(inv_every),
+                              factor_decay=factor_decay, damping_boost=damping_boost, **defaults))
+        self.steps, self.damping = 0, float(damping)
+        self.capture.attach()
+
+    # ---- optimizer-wide state ------------------------------------------------------------------------------
+    def extra_state(self) -> dict:
+        return {"steps": self.steps, "damping": self.damping, "rng": self.generator.get_state()}
+
+    def load_extra_state(self, extra: dict) -> None:
+        self.steps, self.damping = int(extra["steps"]), float(extra["damping"])
+        self.generator.set_state(extra["rng"])
+        self.capture.reset()
+        self.capture.enabled = self.steps % self.defaults["cov_every"] == 0
+
+    def lr_of(self) -> dict[int, float]:
+        """Learning rate of every layer (its weight's group; read each step, schedulers edit it)."""
+        lrs = {id(p): g["lr"] for g in self.param_groups for p in g["params"]}
+        return {id(la.weight): lrs[id(la.weight)] for la in self.layers}
+
+    def fail(self, reason: str) -> None:
+        """Skip this step: raise the damping, warn, drop factors captured for it."""
+        self.damping *= self.defaults["damping_boost"]
+        self.capture.reset()
+        warn_skip(type(self).__name__, reason, self.damping)
+
+    # ---- curvature ------------------------------------------------------------------------------------------
+    def _update_factors(self) -> bool:
+        fresh = self.capture.pop()
+        layers = [la for la in self.layers if la.info.name in fresh]
+        new = [t for la in layers for t in la.orient(fresh[la.info.name])]
+        if any(la.info.name not in fresh and "L" not in self.state[la.weight] for la in self.layers):
+            raise InfogeomError("K-FAC: no curvature captured; run the model's forward with gradients enabled "
+                                "before optimizer.step()")
+        all_reduce_mean_(new)
+        if not all_finite(new):
+            return False
+        decay = self.defaults["factor_decay"]
+        for la, (L, R) in zip(layers, zip(new[::2], new[1::2])):
+            st = self.state[la.weight]
+            if "L" in st:
+                st["L"].lerp_(L, 1 - decay)
+                st["R"].lerp_(R, 1 - decay)
+            else:
+                st["L"], st["R"] = L.clone(), R.clone()
+        return True
+
+    def _decompose(self) -> bool:
+        """Eigendecompose every matrix factor (split over ranks, then broadcast); commit only if all finite."""
+        tasks = [(la, side) for la in self.layers for side in ("L", "R") if self.state[la.weight][side].ndim == 2]
+        n_ranks, me = world_size(), rank()
+        load, owner = [0.0] * n_ranks, []
+        for la, side in tasks:  # greedy balance by eigh cost d³, identical on every rank
+            r = min(range(n_ranks), key=load.__getitem__)
+            load[r] += self.state[la.weight][side].shape[0] ** 3
+            owner.append(r)
+        results = []
+        for (la, side), r in zip(tasks, owner):
+            M = self.state[la.weight][side]
+            e, Q = M.new_zeros(M.shape[0]), torch.zeros_like(M)
+            if r == me:
+                try:
+                    e64, Q64 = torch.linalg.eigh(M.double())
+                    e.copy_(e64.clamp_min(0))
+                    Q.copy_(Q64)
+                except RuntimeError:  # includes torch.linalg.LinAlgError (no convergence)
+                    e.fill_(float("nan"))
+            results.append((e, Q))
+        for r in range(n_ranks):
+            broadcast_([t for res, o in zip(results, owner) if o == r for t in res], src=r)
+        if not all_finite([t for res in results for t in res]):
+            return False
+        for (la, side), (e, Q) in zip(tasks, results):
+            self.state[la.weight]["e" + side], self.state[la.weight]["Q" + side] = e, Q
+        for la in self.layers:  # vector (diagonal) factors are their own eigenvalues
+            st = self.state[la.weight]
+            for side in ("L", "R"):
+                if st[side].ndim == 1:
+                    st["e" + side], st["Q" + side] = st[side].clamp_min(0), None
+        return True
+
+    def eigenbasis(self, layer: Layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``(e_L, e_R, Q_L, Q_R)`` of a layer (Q None for a diagonal factor)."""
+        st = self.state[layer.weight]
+        return st["eL"], st["eR"], st["QL"], st["QR"]
+
+    # ---- step -----------------------------------------------------------------------------------------------
+    def _apply(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure=None) -> bool:
+        """One update of the preconditioned layers; False (and nothing changed) when the step was skipped."""
+        d, k = self.defaults, self.steps
+        if k % d["cov_every"] == 0 and not self._update_factors():
+            self.fail("non-finite curvature factors")
+            return False
+        if (k % d["inv_every"] == 0 or "eL" not in self.state[self.layers[0].weight]) and not self._decompose():
+            self.fail("eigendecomposition failed")
+            return False
+        self._apply()
+        self.steps += 1
+        self.damping = max(d["damping"], self.damping * 0.9)
+        self.capture.enabled = self.steps % d["cov_every"] == 0
+        return True
+
+
+class KroneckerOptimizer(HybridOptimizer):
+    """A :class:`KroneckerCore` on the chosen layers plus AdamW (``adamw_lr``) on every other parameter."""
+
+    def __init__(self, model: nn.Module, core: KroneckerCore, adamw_lr: float, weight_decay: float,
+                 betas=(0.9, 0.95), eps: float = 1e-8):
+        taken = [p for la in core.layers for p in la.params]
+        rest = adamw_groups(model, taken, weight_decay)
+        parts = [core] + ([torch.optim.AdamW(rest, lr=adamw_lr, betas=tuple(betas), eps=eps)] if rest else [])
+        super().__init__(parts)
+        self.core = core
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not all_finite(grads):
+            self.core.fail("non-finite gradient")
+            return loss
+        if self.core.step():
+            for part in self._parts[1:]:
+                part.step()
+        return loss
+
+    def extra_state(self) -> dict:
+        return self.core.extra_state()
+
+    def load_extra_state(self, extra: dict) -> None:
+        if extra:
+            self.core.load_extra_state(extra)
+
+    def remove_hooks(self) -> None:
+        """Detach the curvature hooks from the model (the optimizer cannot step afterwards)."""
+        self.core.capture.detach()
+
+
+def pi_correction(eL: torch.Tensor, eR: torch.Tensor) -> float:
+    """Martens & Grosse's π = √((tr R / dim R) / (tr L / dim L)) (1 when a factor vanishes)."""
+    mL, mR = float(eL.mean()), float(eR.mean())
+    return math.sqrt(mR / mL) if mL > 0 and mR > 0 else 1.0

@@ -1,0 +1,319 @@
+"""Training configuration: dataclasses, TOML loading, ``section.key=value`` overrides and validation.
+
+A TOML file holds top-level run keys plus ``[model]``, ``[data]``, ``[optim]`` (and ``[optim.options]``)
+tables; every key is optional (defaults below) and unknown keys are errors. Overrides ``"section.key=value"``
+(``"key=value"`` for top-level keys, ``"optim.options.NAME=value"`` for optimizer options) are applied after
+the file. :data:`FIELD_HELP` documents every key (``infogeom train --help`` prints it).
+
+Defaults train a 0.82M-parameter character-level GPT (4 layers, width 128, context 128) on ``shakespeare``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import sys
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import InfogeomError
+from ..models.gpt import GPTConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ARCHS = ("gpt", "hf-gpt2")
+
+
+@dataclass
+class ModelConfig(GPTConfig):
+    """GPT shape (``GPTConfig`` fields; ``vocab_size`` comes from the tokenizer) plus the architecture."""
+
+    arch: str = "gpt"
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "shakespeare"
+    tokenizer: str = "char"
+    val_fraction: float = 0.1
+    batch_size: int = 32
+    block_size: int = 128
+    cache_dir: str = ""
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 50
+    min_lr: float = 0.0
+    grad_clip: float = 1.0
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    max_steps: int = 1000
+    max_seconds: float = 0.0
+    grad_accum: int = 1
+    eval_every: int = 100
+    eval_batches: int = 20
+    log_every: int = 10
+    ckpt_every: int = 250
+    keep_last: int = 3
+    seed: int = 0
+    device: str = "auto"
+    out_dir: str = ""
+    progress: bool = True
+    tensorboard: bool = True
+
+    def validate(self) -> TrainConfig:
+        """Check every value; raise :class:`InfogeomError` naming the first bad key."""
+        _check_types(self)
+        m, d, o = self.model, self.data, self.optim
+        if m.arch not in ARCHS:
+            raise InfogeomError(f"unknown model.arch {m.arch!r}; choose one of {', '.join(ARCHS)}")
+        m.validate()
+        if m.arch == "hf-gpt2":
+            gpt2 = GPTConfig()
+            for key in ("bias", "tie_weights", "norm"):
+                if getattr(m, key) != getattr(gpt2, key):
+                    raise InfogeomError(f"model.{key}={getattr(m, key)!r} is not available for arch "
+                                        f"'hf-gpt2' (GPT-2 has {key}={getattr(gpt2, key)!r})")
+        if not d.corpus.strip():
+            raise InfogeomError("data.corpus is empty")
+        if not 0.0 < d.val_fraction < 1.0:
+            raise InfogeomError(f"data.val_fraction must be strictly between 0 and 1, got {d.val_fraction}")
+        _positive(d.batch_size, "data.batch_size")
+        _positive(d.block_size, "data.block_size")
+        if d.block_size > m.block_size:
+            raise InfogeomError(f"data.block_size ({d.block_size}) exceeds model.block_size ({m.block_size})")
+        _positive(o.lr, "optim.lr")
+        for key in ("weight_decay", "min_lr", "grad_clip"):
+            _non_negative(getattr(o, key), f"optim.{key}")
+        if o.min_lr > o.lr:
+            raise InfogeomError(f"optim.min_lr ({o.min_lr}) exceeds optim.lr ({o.lr})")
+        _non_negative(o.warmup_steps, "optim.warmup_steps")
+        for key in ("max_steps", "grad_accum", "eval_batches", "log_every", "keep_last"):
+            _positive(getattr(self, key), key)
+        for key in ("max_seconds", "eval_every", "ckpt_every", "seed"):
+            _non_negative(getattr(self, key), key)
+        if o.warmup_steps > self.max_steps:
+            raise InfogeomError(f"optim.warmup_steps ({o.warmup_steps}) exceeds max_steps ({self.max_steps})")
+        resolve_device(self.device, check_available=False)
+        return self
+
+
+FIELD_HELP = {
+    "model.arch": "architecture: gpt (infogeom's GPT) or hf-gpt2 (transformers' GPT-2, needs infogeom[hf])",
+    "model.block_size": "longest context the model accepts (learned positions)",
+    "model.n_layer": "number of transformer blocks",
+    "model.n_head": "attention heads per block (must divide n_embd)",
+    "model.n_embd": "residual stream width",
+    "model.dropout": "dropout probability in [0, 1)",
+    "model.bias": "biases in linear layers and LayerNorms",
+    "model.tie_weights": "share the token embedding with the output layer",
+    "model.norm": "layernorm or rmsnorm",
+    "model.attention": "sdpa (fused kernel) or math (explicit; supports double backward)",
+    "data.corpus": "shakespeare, pydoc, a .txt file or folder, or hf:NAME[:CONFIG]",
+    "data.tokenizer": "char, byte or bpe:N",
+    "data.val_fraction": "fraction of the corpus (its end) held out for validation",
+    "data.batch_size": "sequences per micro-step, summed over all processes (the global batch)",
+    "data.block_size": "training sequence length (at most model.block_size)",
+    "data.cache_dir": "token cache folder ('' = $INFOGEOM_CACHE or ~/.cache/infogeom)",
+    "optim.name": "registered optimizer (see `infogeom info`)",
+    "optim.lr": "peak learning rate",
+    "optim.weight_decay": "decoupled weight decay on matrices",
+    "optim.warmup_steps": "linear warmup steps before the cosine decay",
+    "optim.min_lr": "learning rate reached at max_steps by the cosine decay",
+    "optim.grad_clip": "clip the global gradient norm to this value (0 = off)",
+    "optim.options": "extra keyword arguments of the optimizer, e.g. optim.options.momentum=0.9",
+    "max_steps": "optimizer steps to train (the schedule's length)",
+    "max_seconds": "stop earlier once this much training time has passed (0 = no limit)",
+    "grad_accum": "micro-steps accumulated per optimizer step",
+    "eval_every": "evaluate every N steps (0 = only at the end)",
+    "eval_batches": "fixed batches per split used by each evaluation",
+    "log_every": "write a metrics record every N steps (loss averaged over them)",
+    "ckpt_every": "checkpoint every N steps (0 = only at the end and on Ctrl-C)",
+    "keep_last": "checkpoints kept on disk (older ones are deleted)",
+    "seed": "seed of initialization, data order and dropout",
+    "device": "auto, cpu, cuda or cuda:N",
+    "out_dir": "run folder ('' = runs/<date-time>)",
+    "progress": "show a progress bar and print evaluations",
+    "tensorboard": "also write TensorBoard logs to out_dir/tb when tensorboard is installed",
+}
+
+
+def _positive(value: float, key: str) -> None:
+    if not value > 0 or not math.isfinite(value):
+        raise InfogeomError(f"{key} must be positive, got {value}")
+
+
+def _non_negative(value: float, key: str) -> None:
+    if not value >= 0 or not math.isfinite(value):
+        raise InfogeomError(f"{key} must be non-negative, got {value}")
+
+
+def resolve_device(spec: str, check_available: bool = True) -> torch.device:
+    """``auto`` → cuda if available else cpu; anything else must parse as a torch device."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise InfogeomError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    if check_available and device.type == "cuda" and not torch.cuda.is_available():
+        raise InfogeomError(f"device {spec!r} requested but CUDA is not available")
+    return device
+
+
+# --- typed construction from dicts --------------------------------------------------------------------------
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig}
+
+
+def _field_types(cls: type) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name != "vocab_size"}
+
+
+def _type_name(tp: type) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a table"}[tp]
+
+
+def _coerce(value, tp: type, key: str):
+    """Value of TOML/JSON type → field type (ints are accepted as floats); wrong types raise."""
+    ok = isinstance(value, tp) and not (tp is not bool and isinstance(value, bool))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise InfogeomError(f"{key} must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    for prefix, obj in (("", cfg), *((f"{s}.", getattr(cfg, s)) for s in SECTIONS)):
+        for name, tp in _field_types(type(obj)).items():
+            if name not in SECTIONS:
+                setattr(obj, name, _coerce(getattr(obj, name), tp, prefix + name))
+
+
+def config_from_dict(data: dict, base: TrainConfig | None = None) -> TrainConfig:
+    """``base`` (default: the defaults) updated with the nested dict ``data``; unknown keys raise."""
+    cfg = copy.deepcopy(base) if base is not None else TrainConfig()
+    top = _field_types(TrainConfig)
+    for key, value in data.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise InfogeomError(f"[{key}] must be a table, got {value!r}")
+            section = getattr(cfg, key)
+            types = _field_types(type(section))
+            for sub, v in value.items():
+                if sub not in types:
+                    raise InfogeomError(f"unknown config key {key}.{sub}" + (
+                        " (set from the tokenizer)" if sub == "vocab_size" else ""))
+                setattr(section, sub, _coerce(v, types[sub], f"{key}.{sub}"))
+        elif key in top:
+            setattr(cfg, key, _coerce(value, top[key], key))
+        else:
+            raise InfogeomError(f"unknown config key {key}")
+    return cfg
+
+
+def _parse_value(text: str, tp: type | None, key: str):
+    """Command-line value text → typed value; strings need no quotes, options are parsed as TOML values."""
+    text = text.strip()
+    try:
+        if tp is str:
+            return text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else text
+        if tp is bool:
+            return {"true": True, "false": False, "1": True, "0": False}[text.lower()]
+        if tp in (int, float):
+            return tp(text)
+        return tomllib.loads(f"v = {text}")["v"]
+    except (KeyError, ValueError, tomllib.TOMLDecodeError):
+        if tp is None:  # optimizer option: accept an unquoted string
+            return text
+        raise InfogeomError(f"{key} must be {_type_name(tp)}, got {text!r}") from None
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) -> TrainConfig:
+    """Apply ``"section.key=value"`` strings in order."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InfogeomError(f"bad override {item!r}; expected section.key=value")
+        parts = key.split(".")
+        if parts[:2] == ["optim", "options"] and len(parts) == 3:
+            cfg.optim.options[parts[2]] = _parse_value(text, None, key)
+            continue
+        if len(parts) == 1 and parts[0] in _field_types(TrainConfig) and parts[0] not in SECTIONS:
+            patch = {parts[0]: _parse_value(text, _field_types(TrainConfig)[parts[0]], key)}
+        elif len(parts) == 2 and parts[0] in SECTIONS and parts[1] in _field_types(SECTIONS[parts[0]]):
+            tp = _field_types(SECTIONS[parts[0]])[parts[1]]
+            patch = {parts[0]: {parts[1]: _parse_value(text, tp, key)}}
+        else:
+            raise InfogeomError(f"unknown config key {key}")
+        cfg = config_from_dict(patch, base=cfg)
+    return cfg
+
+
+def load_config(toml_path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: TrainConfig | None = None) -> TrainConfig:
+    """Defaults (or ``base``) ← TOML file ← overrides, validated."""
+    cfg = base if base is not None else TrainConfig()
+    if toml_path is not None:
+        path = Path(toml_path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InfogeomError(f"config file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InfogeomError(f"cannot read config file {path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InfogeomError(f"config file {path} is not valid TOML: {exc}") from None
+        cfg = config_from_dict(data, base=cfg)
+    return apply_overrides(cfg, overrides).validate()
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    """Nested dict of plain values (JSON/TOML/checkpoint safe); ``model.vocab_size`` is left out."""
+    data = json.loads(json.dumps(asdict(cfg)))
+    del data["model"]["vocab_size"]
+    return data
+
+
+def dumps_toml(cfg: TrainConfig) -> str:
+    """The config as a TOML document that :func:`load_config` reads back to an equal config."""
+    def value(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + "}"
+        raise InfogeomError(f"cannot write {v!r} to TOML")
+
+    data = config_to_dict(cfg)
+    lines = [f"{k} = {value(v)}" for k, v in data.items() if k not in SECTIONS]
+    for section in SECTIONS:
+        lines += ["", f"[{section}]"]
+        lines += [f"{k} = {value(v)}" for k, v in data[section].items()]
+    return "\n".join(lines) + "\n"

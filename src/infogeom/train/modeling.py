@@ -1,0 +1,53 @@
+"""Building models from a :class:`ModelConfig`, and loading a trained model back from a checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..data import Tokenizer, tokenizer_from_dict
+from ..errors import InfogeomError
+from ..models.gpt import GPT, GPTConfig
+from .checkpoint import load_checkpoint
+from .config import ModelConfig, TrainConfig, config_from_dict
+
+
+def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
+    """A freshly initialized model (uses the global torch RNG): GPT or the Hugging Face GPT-2 adapter."""
+    if cfg.arch == "hf-gpt2":
+        from ..models.hf import HFCausalLM
+        return HFCausalLM.from_gpt2(vocab_size, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd,
+                                    dropout=cfg.dropout, attention=cfg.attention)
+    fields = {k: v for k, v in asdict(cfg).items() if k != "arch"}
+    return GPT(GPTConfig(**{**fields, "vocab_size": vocab_size}))
+
+
+def load_state(model: nn.Module, state: dict, source: str | Path) -> None:
+    """``model.load_state_dict(state)`` with a one-line error when the checkpoint belongs to another model."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise InfogeomError(f"checkpoint {source} does not fit this model: {detail[:300]}") from None
+
+
+def config_of(ckpt: dict, source: str | Path) -> TrainConfig:
+    """The TrainConfig stored in a checkpoint."""
+    try:
+        return config_from_dict(ckpt["config"]).validate()
+    except InfogeomError as exc:
+        raise InfogeomError(f"checkpoint {source} holds an invalid config: {exc}") from None
+
+
+def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu"
+               ) -> tuple[nn.Module, Tokenizer, TrainConfig]:
+    """(model in eval mode on ``device``, its tokenizer, its training config) from a checkpoint file."""
+    ckpt = load_checkpoint(checkpoint_path)
+    cfg = config_of(ckpt, checkpoint_path)
+    tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
+    model = build_model(cfg.model, tokenizer.vocab_size)
+    load_state(model, ckpt["model"], checkpoint_path)
+    return model.to(device).eval(), tokenizer, cfg
