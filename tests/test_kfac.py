@@ -1,4 +1,5 @@
-"""K-FAC / EK-FAC capture and operators against curvlinops, dense float64 oracles and brute-force constructions."""
+"""K-FAC / EK-FAC capture and operators against curvlinops, dense float64 oracles and brute-force
+constructions."""
 
 import pytest
 import torch
@@ -57,8 +58,8 @@ def test_ekfac_moments_match_curvlinops(fisher):
     """curvlinops' EK-FAC supports 2-D outputs only: an MLP classifier."""
     mlp = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5)).double()
     X, Y = torch.randn(7, 4, dtype=torch.float64), torch.randint(0, 5, (7,))
-    ref = EKFACLinearOperator(mlp, nn.CrossEntropyLoss(), list(mlp.parameters()), [(X, Y)], fisher_type=fisher,
-                              separate_weight_and_bias=False, check_deterministic=False)
+    ref = EKFACLinearOperator(mlp, nn.CrossEntropyLoss(), list(mlp.parameters()), [(X, Y)],
+                              fisher_type=fisher, separate_weight_and_bias=False, check_deterministic=False)
     ref.compute_eigenvalue_correction()
     ours = ekfac_factors(mlp, (X, Y), fisher=fisher)
     for name, f in ours.items():
@@ -134,8 +135,8 @@ def test_kfac_operator_matches_dense_kronecker_construction(tie):
         s = lam ** 0.5
         A = f.A + pi * s if f.A.ndim == 1 else f.A + pi * s * torch.eye(dA, dtype=torch.float64)
         damped[name] = type(f)(f.info, A, f.G + s / pi * torch.eye(dG, dtype=torch.float64))
-    assert rel(op.solve(b, damping=lam, pi_correction=True), torch.linalg.solve(dense_kronecker(op, damped), b)) \
-        <= 1e-8
+    want = torch.linalg.solve(dense_kronecker(op, damped), b)
+    assert rel(op.solve(b, damping=lam, pi_correction=True), want) <= 1e-8
     parts = op.solve(list(b.split([s.numel() for s in op.shapes])), lam)
     assert [p.shape for p in parts] == op.shapes
     assert rel(torch.cat([p.reshape(-1) for p in parts]), op.solve(b, lam)) <= 1e-14
@@ -150,8 +151,8 @@ def test_kfac_operator_names_follow_parameter_order():
 
 
 def test_ekfac_moments_match_brute_force_per_sequence_gradients():
-    """S = (1/BT) Σ_b (Q_Gᵀ ∇_W ℓ_b Q_A)^{∘2} with ∇_W ℓ_b the summed-token gradient of sequence b, by autograd
-    (empirical labels), for every layer including the shared position lookup wpe."""
+    """S = (1/BT) Σ_b (Q_Gᵀ ∇_W ℓ_b Q_A)^{∘2} with ∇_W ℓ_b the summed-token gradient of sequence b, by
+    autograd (empirical labels), for every layer including the shared position lookup wpe."""
     model, batch = tiny_gpt(tie_weights=False), random_batch(B=3)
     factors = ekfac_factors(model, batch, approx="expand", fisher="empirical")
     names, shapes, flat = flat_params(model)
@@ -176,8 +177,8 @@ def test_ekfac_moments_match_brute_force_per_sequence_gradients():
 
 
 def test_ekfac_is_the_frobenius_projection_and_beats_kfac_on_one_layer():
-    """One Linear layer, one token per sequence, exact output curvature: the per-sequence gradients decompose F
-    exactly, so EK-FAC = Q diag(diag(Qᵀ F Q)) Qᵀ, the best approximation in K-FAC's eigenbasis."""
+    """One Linear layer, one token per sequence, exact output curvature: the per-sequence gradients decompose
+    F exactly, so EK-FAC = Q diag(diag(Qᵀ F Q)) Qᵀ, the best approximation in K-FAC's eigenbasis."""
     model = nn.Linear(4, 6).double()
     x, y = torch.randn(5, 1, 4, dtype=torch.float64), torch.randint(0, 6, (5, 1))
     F = dense_fisher(model, (x, y))
@@ -219,7 +220,8 @@ def test_capture_accumulates_from_the_callers_backward():
     assert capture.factors() == {}
     summed = KFACCapture(model, fisher="empirical", loss_reduction="sum")
     with summed:
-        torch.nn.functional.cross_entropy(model(b1[0]).reshape(-1, 11), b1[1].reshape(-1), reduction="sum").backward()
+        logits = model(b1[0]).reshape(-1, 11)
+        torch.nn.functional.cross_entropy(logits, b1[1].reshape(-1), reduction="sum").backward()
     ref = kfac_factors(model, b1, fisher="empirical")
     assert all(rel(summed.factors()[n].G, ref[n].G) <= 1e-12 for n in ref)
 
@@ -231,7 +233,8 @@ def test_capture_with_custom_output_gradient_source_and_mc():
 
     def source(logits):
         p = logits.softmax(-1)
-        labels = torch.multinomial(p.reshape(-1, 11), 3, replacement=True, generator=gen).reshape(*p.shape[:-1], 3)
+        labels = torch.multinomial(p.reshape(-1, 11), 3, replacement=True, generator=gen)
+        labels = labels.reshape(*p.shape[:-1], 3)
         for k in range(3):
             yield (p - nn.functional.one_hot(labels[..., k], 11)) / 3 ** 0.5
 

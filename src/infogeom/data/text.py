@@ -24,7 +24,7 @@ def join_documents(texts: list[str]) -> str:
 
 
 def read_text_path(path: Path) -> str:
-    """A ``.txt`` file (any name), or every ``*.txt`` under a folder (recursive, sorted by relative path).
+    """A text file (any name), or every ``*.txt`` under a folder (recursive, sorted by relative path).
 
     Empty files inside a folder are skipped; an empty result is an error.
     """

@@ -24,10 +24,12 @@ from .structured import (
 )
 
 __all__ = [
-    "CurvatureOperator", "DenseOperator", "DiagonalOperator", "EKFACOperator", "FISHER_KINDS", "FisherOperator",
+    "CurvatureOperator", "DenseOperator", "DiagonalOperator", "EKFACOperator", "FISHER_KINDS",
+    "FisherOperator",
     "GGNOperator", "HessianOperator", "KFACCapture", "KFACOperator", "KroneckerOperator", "LayerFactors",
     "LayerInfo", "LowRankOperator", "OutputCurvatureOperator", "approximation_report", "conjugate_gradient",
-    "curvature_mode", "diagonal_approximation", "ekfac_factors", "flatten", "format_report", "kfac_factors", "logits_function", "loss_function",
+    "curvature_mode", "diagonal_approximation", "ekfac_factors", "flatten", "format_report", "kfac_factors",
+    "logits_function", "loss_function",
     "low_rank_approximation", "per_example_gradients", "rademacher", "sample_labels", "select_parameters",
     "unflatten",
 ]

@@ -1,69 +1,77 @@
 """Kronecker-factor capture for K-FAC and EK-FAC on any model built from ``nn.Linear`` / ``nn.Embedding``.
 
 Math (one layer s = W a, W [d_out, d_in], a batch of N = B·T tokens, losses ℓ_n, mean-token normalization):
-the Fisher block of vec(W) (row-major, ``W.reshape(-1)``) is approximated by ``G ⊗ A``, i.e. ``F_W V = G V A``, with
+the Fisher block of vec(W) (row-major, ``W.reshape(-1)``) is approximated by ``G ⊗ A``, i.e.
+``F_W V = G V A``, with
 
 - *expand* (Eschenhagen et al. 2023; every token position an example):
   A = (1/BT) Σ_{b,t} a_bt a_btᵀ,        G = (1/BT) Σ_k Σ_{b,t} ĝ_btk ĝ_btkᵀ;
 - *reduce* (sum over the sequence before the outer product):
   A = (1/B) Σ_b ā_b ā_bᵀ (ā_b = mean_t a_bt),   G = (1/BT) Σ_k Σ_b (Σ_t ĝ_btk)(Σ_t ĝ_btk)ᵀ,
 
-where ĝ_btk = ∂(Σ_n U_nkᵀ z_n)/∂s_bt is the gradient at the layer output of the logits z contracted with an
-*output-gradient source* U_k [B, T, V] whose per-token second moment Σ_k U_nk U_nkᵀ approximates the output
-curvature M_n = diag(p_n) − p_n p_nᵀ:
+where ĝ_btk = ∂(Σ_n U_nkᵀ z_n)/∂s_bt is the gradient at the layer output of the logits z contracted with
+an *output-gradient source* U_k [B, T, V] whose per-token second moment Σ_k U_nk U_nkᵀ approximates the
+output curvature M_n = diag(p_n) − p_n p_nᵀ:
 
-- ``fisher="mc"``: U_k = (p − e_{y_k})/√S with S = ``mc_samples`` labels y_k ~ p_θ (``generator``): unbiased;
-- ``fisher="exact"``: the per-class square root M_n = Σ_c u_nc u_ncᵀ, u_nc = √p_nc (e_c − p_n), back-propagated
-  from one position t and class c at a time (all sequences at once): T·V backward passes, and exactly the
-  expectation of ``"mc"`` (the limit S → ∞);
-- ``fisher="type-2"``: curvlinops' ``type-2``: column c back-propagated from all positions at once (V backward
-  passes). For models that mix positions (attention) this adds cross-position terms Σ_c u_t'c u_t''cᵀ that do not
-  vanish (at initialization they add up coherently and inflate reduce/EK-FAC by up to T×); identical to
-  ``"exact"`` when T = 1;
+- ``fisher="mc"``: U_k = (p − e_{y_k})/√S, S = ``mc_samples`` labels y_k ~ p_θ (``generator``): unbiased;
+- ``fisher="exact"``: the per-class square root M_n = Σ_c u_nc u_ncᵀ, u_nc = √p_nc (e_c − p_n),
+  back-propagated from one position t and class c at a time (all sequences at once): T·V backward passes,
+  exactly the expectation of ``"mc"`` (its limit S → ∞);
+- ``fisher="type-2"``: curvlinops' ``type-2``: column c back-propagated from all positions at once (V
+  backward passes). For models that mix positions (attention) this adds cross-position terms
+  Σ_c u_t'c u_t''cᵀ that do not vanish (at initialization they add up coherently and inflate reduce and
+  EK-FAC by up to T×); identical to ``"exact"`` when T = 1;
 - ``fisher="empirical"``: the gradient of the caller's own backward (observed labels): U = p − e_y.
 
-Biases are folded into A by appending a constant 1 to the input (A is (d_in+1)², the bias is the last column of
-the joint [W | b] block). These are exactly curvlinops' ``KFACLinearOperator`` factors with
+Biases are folded into A by appending a constant 1 to the input (A is (d_in+1)², the bias is the last
+column of the joint [W | b] block). These are exactly curvlinops' ``KFACLinearOperator`` factors with
 ``separate_weight_and_bias=False`` and a mean-reduced ``CrossEntropyLoss``.
 
-``nn.Embedding`` (weight E [num, dim], a lookup = a linear layer on one-hot inputs): A is *diagonal*, the index
-frequencies A_vv = (1/#lookups) Σ 1[x = v], G = (1/BT) Σ ĝ ĝᵀ over the lookup outputs (always expand-style), and
-``F_E V = diag(A) V G``. A lookup shared by the whole batch (GPT's position embedding ``wpe(arange(T))``, output
-[T, C] or [1, T, C] broadcast-added to [B, T, C]) would only see the batch-summed gradient; while capturing, its
-output is replaced by the equal broadcast view ``expand(B, T, C)`` so that G and the EK-FAC moments use per-sequence
-gradients like every other layer (assumes, as in GPT and HF GPT-2, that the output is only broadcast-added).
+``nn.Embedding`` (weight E [num, dim]; a lookup is a linear layer on one-hot inputs): A is *diagonal*, the
+index frequencies A_vv = (1/#lookups) Σ 1[x = v]; G = (1/BT) Σ ĝ ĝᵀ over the lookup outputs (always
+expand-style); ``F_E V = diag(A) V G``. A lookup shared by the whole batch (GPT's position embedding
+``wpe(arange(T))``, output [T, C] or [1, T, C] broadcast-added to [B, T, C]) would only see the
+batch-summed gradient: while capturing, its output is replaced by the equal broadcast view
+``expand(B, T, C)``, so that its G and EK-FAC moments use per-sequence gradients like every other layer
+(assumes, as in GPT and HF GPT-2, that this output is only broadcast-added).
 
-Tied weights: a parameter shared by a Linear and an Embedding (GPT's ``lm_head.weight`` = ``wte.weight``) is
-represented by the *Linear* factors only (the LM head's A = E[h hᵀ], G = E[ĝ ĝᵀ] over the vocabulary); the
-embedding-lookup contribution to that block is ignored. Named by its ``named_parameters`` name (``wte.weight``).
+Tied weights: a parameter shared by a Linear and an Embedding (GPT's ``lm_head.weight`` = ``wte.weight``)
+is represented by the *Linear* factors only (the LM head's A = E[h hᵀ], G = E[ĝ ĝᵀ] over the vocabulary);
+the embedding-lookup contribution to that block is ignored. It keeps its ``named_parameters`` name
+(``wte.weight``).
 
-EK-FAC (George et al. 2018): with eigenbases A = Q_A Λ_A Q_Aᵀ, G = Q_G Λ_G Q_Gᵀ set via :meth:`set_eigenbasis`,
-the capture also accumulates the second moments of the *per-sequence* gradients in that basis,
+EK-FAC (George et al. 2018): with eigenbases A = Q_A Λ_A Q_Aᵀ, G = Q_G Λ_G Q_Gᵀ set by
+:meth:`KFACCapture.set_eigenbasis`, the capture also accumulates the second moments of the *per-sequence*
+gradients in that basis,
     S = (1/BT) Σ_k Σ_b (Q_Gᵀ (Σ_t ĝ_btk a_btᵀ) Q_A)^{∘2}      [d_out, d_in(+1)]
-(embedding: (1/BT) Σ_k Σ_b (Σ_{t: x_bt = v} Q_Gᵀ ĝ_btk)^{∘2}, shape [num, dim]); these are curvlinops' EK-FAC
+(embedding: (1/BT) Σ_k Σ_b (Σ_{t: x_bt = v} Q_Gᵀ ĝ_btk)^{∘2}, shape [num, dim]), curvlinops' EK-FAC
 corrected eigenvalues. Cost per layer: batched matmuls [B, d_out, T] @ [B, T, d_in].
 
 API
 ---
-``KFACCapture(model, approx="expand", fisher="empirical", mc_samples=1, generator=None, loss_reduction="mean",
-modules=None)`` — persistent capture; ``attach()`` / ``detach()`` (or ``with capture:``) install and remove hooks.
-While attached and ``capture.enabled``, every forward run with gradients enabled accumulates A; G is accumulated
+``KFACCapture(model, approx="expand", fisher="empirical", mc_samples=1, generator=None,
+loss_reduction="mean", modules=None)``: a persistent capture; ``attach()`` / ``detach()`` (or
+``with capture:``) install and remove the hooks. While attached and ``capture.enabled``, every forward run
+with gradients enabled accumulates A; G is accumulated
 
-- from the caller's backward (``fisher="empirical"``; ``loss_reduction="mean"`` means the back-propagated loss is
-  a mean over the forward's tokens, so gradients are rescaled by the token count; ``"sum"`` for a summed loss), or
-- at the end of the forward itself (``"mc"``, ``"exact"`` or a callable ``source(logits [B,T,V]) -> iterable of
-  cotangents U_k``): ``torch.autograd.grad`` from the model output to the captured layer outputs with
-  ``retain_graph=True`` (no parameter ``.grad`` is touched; the caller's own backward is then ignored for G).
+- from the caller's backward (``fisher="empirical"``; ``loss_reduction="mean"``: the back-propagated loss
+  is a mean over the forward's tokens, so gradients are rescaled by the token count; ``"sum"``: a summed
+  loss), or
+- at the end of the forward itself (``"mc"``, ``"exact"``, ``"type-2"`` or a callable
+  ``source(logits [B, T, V]) -> iterable of cotangents U_k``): ``torch.autograd.grad`` from the model
+  output to the captured layer outputs with ``retain_graph=True`` (no parameter ``.grad`` is touched; the
+  caller's own backward is then ignored for G). ``capture.cotangent_chunk`` cotangents share one vmapped
+  backward.
 
 Sums and counts accumulate across forwards (gradient accumulation, several batches) until ``reset()``.
-``factors()`` returns ``{module_name: LayerFactors}`` (normalized copies), ``pop()`` = ``factors()`` + ``reset()``
-(for a caller's running average: ``A_ema.lerp_(new.A, 1 - decay)``). ``set_eigenbasis(name, QA, QG)`` /
-``clear_eigenbases()`` turn the EK-FAC moment accumulation on/off per layer. ``capture.layers`` lists
-``LayerInfo(name, kind, module, weight, bias)`` with canonical parameter names.
+``factors()`` returns ``{module_name: LayerFactors}`` (normalized), ``pop()`` is ``factors()`` then
+``reset()`` (for a caller's running average, e.g. ``A_ema.lerp_(new.A, 1 - decay)``).
+``set_eigenbasis(name, QA, QG)`` / ``clear_eigenbases()`` switch the EK-FAC moment accumulation on/off per
+layer. ``capture.layers`` lists ``LayerInfo(name, kind, module, weight, bias)`` (canonical parameter names).
 
-``kfac_factors(model, batch, approx, fisher, mc_samples, generator, modules)`` and ``ekfac_factors(...)`` (two
-passes: K-FAC factors, eigendecompositions, then moments with the same MC labels) compute everything for one batch
-(``curvature_mode``: eval, no dropout).
+``kfac_factors(model, batch, approx, fisher, mc_samples, generator, modules)`` and ``ekfac_factors(...)``
+(two passes: K-FAC factors, eigendecompositions, then the moments with the same MC labels) compute
+everything for one batch in :func:`curvature_mode` (eval: no dropout).
 """
 
 from __future__ import annotations
@@ -88,7 +96,8 @@ OutputSource = Callable[[torch.Tensor], Iterable[torch.Tensor]]
 
 @dataclass
 class LayerInfo:
-    """A captured layer: ``kind`` is ``"linear"`` or ``"embedding"``; parameter names as in ``named_parameters``."""
+    """A captured layer: ``kind`` is ``"linear"`` or ``"embedding"``; parameter names as in
+    ``named_parameters``."""
 
     name: str
     kind: str
@@ -99,7 +108,8 @@ class LayerInfo:
 
 @dataclass
 class LayerFactors:
-    """Normalized factors of one layer (module docstring): linear ``A [d_in(+1), d_in(+1)]``, embedding ``A [num]``
+    """Normalized factors of one layer (module docstring): linear ``A [d_in(+1), d_in(+1)]``, embedding
+    ``A [num]``
     (diagonal); ``G [d_out, d_out]``; ``moments`` (EK-FAC, weight-shaped incl. bias column) or None."""
 
     info: LayerInfo
@@ -119,14 +129,14 @@ class _State:
     nG: float = 0.0
     nM: float = 0.0
     basis: tuple[torch.Tensor, torch.Tensor] | None = None
-    cache: torch.Tensor | None = None  # rotated inputs [B', T', d_in'] (linear) or indices [B', T'] (embedding)
+    cache: torch.Tensor | None = None  # rotated inputs [B', T', d_in'] / lookup indices [B', T']
     output: torch.Tensor | None = None
     lead: int = 1  # sequences in the layer's output: B, or 1 for a batch-less lookup (wpe)
     seq: int = 1  # positions per sequence (1 for 2-D inputs)
 
 
 def find_layers(model: nn.Module, modules: Sequence[str] | None = None) -> list[LayerInfo]:
-    """Linear and Embedding modules with trainable weights, tied weights assigned to the Linear (module doc)."""
+    """Linear and Embedding modules with trainable weights; tied weights go to the Linear (module doc)."""
     names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
     found = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding))}
     if modules is not None:
@@ -151,7 +161,8 @@ def find_layers(model: nn.Module, modules: Sequence[str] | None = None) -> list[
 
 def output_cotangents(logits: torch.Tensor, fisher: str, mc_samples: int = 1,
                       generator: torch.Generator | None = None) -> Iterable[torch.Tensor]:
-    """Cotangents U_k (shape of ``logits`` [B, ..., V]) with Σ_k U_k U_kᵀ ≈ diag(p) − p pᵀ per token (module doc)."""
+    """Cotangents U_k (shape of ``logits`` [B, ..., V]) with Σ_k U_k U_kᵀ ≈ diag(p) − p pᵀ per token (module
+    doc)."""
     p = logits.detach().softmax(dim=-1)
     if fisher == "mc":
         labels = sample_labels(p, mc_samples, generator)
@@ -162,7 +173,8 @@ def output_cotangents(logits: torch.Tensor, fisher: str, mc_samples: int = 1,
             yield U * scale
         return
     if fisher not in ("exact", "type-2"):
-        raise InfogeomError(f"unknown output-gradient source {fisher!r}; choose one of {', '.join(KFAC_FISHERS)}")
+        raise InfogeomError(f"unknown output-gradient source {fisher!r}; choose one of "
+                            f"{', '.join(KFAC_FISHERS)}")
     sqrt_p = p.sqrt()
     flat, sqrt_flat = p.reshape(p.shape[0], -1, p.shape[-1]), sqrt_p.reshape(p.shape[0], -1, p.shape[-1])
     positions = [slice(None)] if fisher == "type-2" else [slice(t, t + 1) for t in range(flat.shape[1])]
@@ -184,9 +196,11 @@ class KFACCapture:
                  mc_samples: int = 1, generator: torch.Generator | None = None, loss_reduction: str = "mean",
                  modules: Sequence[str] | None = None):
         if approx not in APPROXIMATIONS:
-            raise InfogeomError(f"unknown K-FAC approximation {approx!r}; choose one of {', '.join(APPROXIMATIONS)}")
+            raise InfogeomError(f"unknown K-FAC approximation {approx!r}; choose one of "
+                                f"{', '.join(APPROXIMATIONS)}")
         if isinstance(fisher, str) and fisher not in KFAC_FISHERS:
-            raise InfogeomError(f"unknown K-FAC Fisher type {fisher!r}; choose one of {', '.join(KFAC_FISHERS)}")
+            raise InfogeomError(f"unknown K-FAC Fisher type {fisher!r}; choose one of "
+                                f"{', '.join(KFAC_FISHERS)}")
         if int(mc_samples) < 1:
             raise InfogeomError(f"mc_samples must be a positive integer, got {mc_samples}")
         if loss_reduction not in ("mean", "sum"):
@@ -202,12 +216,14 @@ class KFACCapture:
         self._batch = 1
         self.cotangent_chunk = 32  # cotangents back-propagated together (vmapped backward); 1 = one at a time
 
-    # ---- lifecycle ------------------------------------------------------------------------------------------
+    # ---- lifecycle
+    # ------------------------------------------------------------------------------------------
     def attach(self) -> KFACCapture:
         if not self._handles:
             self._handles.append(self.model.register_forward_pre_hook(self._begin))
             for info in self.layers:  # before the model's own hook, which may run on the same module
-                self._handles.append(info.module.register_forward_hook(self._layer_hook(self._states[info.name])))
+                hook = self._layer_hook(self._states[info.name])
+                self._handles.append(info.module.register_forward_hook(hook))
             self._handles.append(self.model.register_forward_hook(self._end))
         return self
 
@@ -245,7 +261,8 @@ class KFACCapture:
             if s.A is None or s.G is None:
                 continue
             moments = s.M / s.nM if s.M is not None and s.nM else None
-            out[name] = LayerFactors(s.info, s.A / s.nA, s.G / s.nG, moments, s.basis if moments is not None else None)
+            basis = s.basis if moments is not None else None
+            out[name] = LayerFactors(s.info, s.A / s.nA, s.G / s.nG, moments, basis)
         return out
 
     def pop(self) -> dict[str, LayerFactors]:
@@ -253,7 +270,8 @@ class KFACCapture:
         self.reset()
         return out
 
-    # ---- hooks ------------------------------------------------------------------------------------------------
+    # ---- hooks
+    # ------------------------------------------------------------------------------------------------
     def _begin(self, module: nn.Module, args: tuple) -> None:
         self._active = self.enabled and torch.is_grad_enabled()
         self._tokens = [0]  # filled at the end of this forward: number of output positions (tokens)
@@ -304,7 +322,8 @@ class KFACCapture:
         for s in states:
             s.output = None
 
-    # ---- accumulation -------------------------------------------------------------------------------------------
+    # ---- accumulation
+    # -------------------------------------------------------------------------------------------
     @staticmethod
     def _add(state: _State, key: str, value: torch.Tensor) -> None:
         cur = getattr(state, key)
@@ -371,7 +390,8 @@ def _run(capture: KFACCapture, model: nn.Module, batch: Batch) -> None:
             torch.autograd.grad(lm_loss(logits, y), params, allow_unused=True)
 
 
-def kfac_factors(model: nn.Module, batch: Batch, approx: str = "expand", fisher: str = "mc", mc_samples: int = 1,
+def kfac_factors(model: nn.Module, batch: Batch, approx: str = "expand", fisher: str = "mc",
+                 mc_samples: int = 1,
                  generator: torch.Generator | None = None,
                  modules: Sequence[str] | None = None) -> dict[str, LayerFactors]:
     """K-FAC factors of every Linear/Embedding layer for one batch (module docstring for the conventions)."""
@@ -380,7 +400,7 @@ def kfac_factors(model: nn.Module, batch: Batch, approx: str = "expand", fisher:
     return capture.factors()
 
 
-def eigenbasis(f: LayerFactors) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+def eigenbasis(f: LayerFactors) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(QA, QG, eigvals_A, eigvals_G)`` of a layer's factors (``QA`` None for a diagonal embedding A)."""
     eg, QG = torch.linalg.eigh(f.G)
     if f.info.kind == "embedding":
@@ -389,10 +409,12 @@ def eigenbasis(f: LayerFactors) -> tuple[torch.Tensor | None, torch.Tensor, torc
     return QA, QG, ea, eg
 
 
-def ekfac_factors(model: nn.Module, batch: Batch, approx: str = "expand", fisher: str = "mc", mc_samples: int = 1,
+def ekfac_factors(model: nn.Module, batch: Batch, approx: str = "expand", fisher: str = "mc",
+                  mc_samples: int = 1,
                   generator: torch.Generator | None = None,
                   modules: Sequence[str] | None = None) -> dict[str, LayerFactors]:
-    """K-FAC factors plus EK-FAC moments in their eigenbasis (second pass over ``batch`` with the same MC labels)."""
+    """K-FAC factors plus EK-FAC moments in their eigenbasis (a second pass over ``batch`` with the same MC
+    labels)."""
     state = generator.get_state() if generator is not None else None
     capture = KFACCapture(model, approx, fisher, mc_samples, generator, "mean", modules)
     _run(capture, model, batch)

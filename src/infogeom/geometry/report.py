@@ -1,16 +1,17 @@
 """How good is each Fisher approximation? Measured against the exact Fisher of a small model.
 
-For a batch, F is the exact Fisher (= GGN of the mean token loss, :class:`FisherOperator`) restricted to the
-parameters K-FAC covers (Linear and Embedding weights and biases; LayerNorm gains/biases excluded, they are
+For a batch, F is the exact Fisher (= GGN of the mean token loss, :class:`FisherOperator`) restricted to
+the parameters K-FAC covers (Linear and Embedding weights and biases; LayerNorm gains/biases are excluded,
 < 1% of a GPT), g the loss gradient on the same parameters, λ the damping. For every approximation F̃:
 
 - relative Frobenius error ‖F̃ − F‖_F / ‖F‖_F (dense, so P ≤ ``CurvatureOperator.max_dense``);
-- cosine between its damped natural gradient (F̃ + λI)^{-1} g (each operator's own exact solve) and the exact
-  (F + λI)^{-1} g (Cholesky).
+- cosine between its damped natural gradient (F̃ + λI)^{-1} g (each operator's own exact solve) and the
+  exact (F + λI)^{-1} g (Cholesky).
 
-Rows: SGD (F̃ = 0, the plain gradient), the empirical Fisher, the diagonal of F, the top-k eigenpairs of F, the
-exact per-layer block diagonal of F (the best any layer-block-diagonal method can do), K-FAC expand/reduce (plain and
-π-corrected damping) and EK-FAC expand/reduce. Cost: P Fisher-vector products plus O(P³) dense linear algebra.
+Rows: SGD (F̃ = 0, the plain gradient), the empirical Fisher, the diagonal of F, the top-k eigenpairs of
+F, the exact per-layer block diagonal of F (the best any layer-block-diagonal method can do), K-FAC
+expand/reduce (plain and π-corrected damping) and EK-FAC expand/reduce. Cost: P Fisher-vector products
+plus O(P³) dense linear algebra.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.nn as nn
 from ..errors import InfogeomError
 from .fisher import FisherOperator
 from .functional import Batch, select_parameters
+from .kfac import ekfac_factors
 from .operator import CurvatureOperator, DenseOperator
 from .structured import (
     DiagonalOperator,
@@ -58,7 +60,8 @@ def approximation_report(model: nn.Module, batch: Batch, damping: float | None =
     Returns ``{"params_total", "params_compared", "excluded", "damping", "rank", "rows": [{"name",
     "rel_frobenius", "cosine"}]}`` and prints the table when ``verbose``.
     """
-    kfac = {a: KFACOperator(model, batch, a, fisher, mc_samples, generator) for a in ("expand", "reduce")}
+    factors = {a: ekfac_factors(model, batch, a, fisher, mc_samples, generator) for a in ("expand", "reduce")}
+    kfac = {a: KFACOperator.from_factors(model, f) for a, f in factors.items()}
     names = kfac["expand"].names
     all_params = select_parameters(model)
     if sum(p.numel() for n, p in all_params.items() if n in names) > CurvatureOperator.max_dense:
@@ -73,7 +76,8 @@ def approximation_report(model: nn.Module, batch: Batch, damping: float | None =
     shapes = exact.shapes
     candidates: list[tuple[str, CurvatureOperator, dict]] = [
         ("SGD (F~ = 0)", DiagonalOperator(torch.zeros_like(g), names, shapes), {}),
-        ("empirical Fisher", DenseOperator(FisherOperator(model, batch, "empirical", names=names).to_dense()), {}),
+        ("empirical Fisher", DenseOperator(FisherOperator(model, batch, "empirical", names=names).to_dense()),
+         {}),
         ("diagonal", diagonal_approximation(DenseOperator(F)), {}),
         (f"low-rank (top {rank})", low_rank_approximation(DenseOperator(F), rank), {}),
         ("exact layer blocks", DenseOperator(_block_diagonal(F, kfac["expand"])), {}),
@@ -81,7 +85,7 @@ def approximation_report(model: nn.Module, batch: Batch, damping: float | None =
     for a in ("expand", "reduce"):
         candidates.append((f"K-FAC {a}", kfac[a], {}))
         candidates.append((f"K-FAC {a} (pi-damping)", kfac[a], {"pi_correction": True}))
-        candidates.append((f"EK-FAC {a}", EKFACOperator(model, batch, a, fisher, mc_samples, generator), {}))
+        candidates.append((f"EK-FAC {a}", EKFACOperator.from_factors(model, factors[a]), {}))
     rows = []
     norm_F = torch.linalg.matrix_norm(F)
     dense_cache: dict[int, float] = {}
@@ -107,7 +111,8 @@ def approximation_report(model: nn.Module, batch: Batch, damping: float | None =
 
 def format_report(report: dict) -> str:
     """The report as a Markdown table with a header line naming what was compared."""
-    head = (f"Fisher approximations vs the exact Fisher on {report['tokens']} tokens (loss {report['loss']:.3f}): "
+    head = (f"Fisher approximations vs the exact Fisher on {report['tokens']} tokens "
+            f"(loss {report['loss']:.3f}): "
             f"{report['params_compared']} of {report['params_total']} parameters (LayerNorm excluded), "
             f"damping λ = {report['damping']:.3g} ({report['relative_damping']:.2g}·tr F/P), "
             f"K-FAC output curvature '{report['fisher']}'")

@@ -1,17 +1,19 @@
 """Structured curvature approximations as :class:`CurvatureOperator` s with exact damped solves.
 
-- :class:`KFACOperator`: block-diagonal over layers, each block ``G ⊗ A`` (factors of :mod:`.kfac`). Stored in
-  eigen form A = Q_A diag(α) Q_Aᵀ, G = Q_G diag(γ) Q_Gᵀ, so a block is (Q_G ⊗ Q_A) diag(γ ⊗ α) (Q_G ⊗ Q_A)ᵀ and
-  ``solve`` is exact: ``(F + λI)^{-1}`` divides by γ_i α_j + λ in the rotated basis; with ``pi_correction=True`` it
-  inverts the π-corrected Tikhonov split (A + π√λ I) ⊗ (G + √λ/π I), π² = (tr A / dim A)/(tr G / dim G)
-  (Martens & Grosse 2015, §6.3), i.e. divides by (α_j + π√λ)(γ_i + √λ/π).
-- :class:`EKFACOperator`: same eigenbasis, eigenvalues replaced by the re-estimated per-coordinate second moments
-  S_ij of the per-sequence gradients (George et al. 2018); solve divides by S_ij + λ.
-- :class:`DiagonalOperator` (e.g. the exact Fisher diagonal) and :class:`LowRankOperator` U diag(μ) Uᵀ (top-k
-  eigenpairs; Woodbury solve (b − U diag(μ/(μ+λ)) Uᵀ b)/λ).
+- :class:`KFACOperator`: block-diagonal over layers, each block ``G ⊗ A`` (factors of :mod:`.kfac`),
+  stored in eigen form A = Q_A diag(α) Q_Aᵀ, G = Q_G diag(γ) Q_Gᵀ, so that a block is
+  (Q_G ⊗ Q_A) diag(γ ⊗ α) (Q_G ⊗ Q_A)ᵀ and ``solve`` is exact: ``(F + λI)^{-1}`` divides by γ_i α_j + λ in
+  the rotated basis. With ``pi_correction=True`` it inverts the π-corrected Tikhonov split
+  (A + π√λ I) ⊗ (G + √λ/π I), π² = (tr A / dim A)/(tr G / dim G) (Martens & Grosse 2015, §6.3), i.e.
+  divides by (α_j + π√λ)(γ_i + √λ/π).
+- :class:`EKFACOperator`: the same eigenbasis with the eigenvalues replaced by the re-estimated
+  per-coordinate second moments S_ij of the per-sequence gradients (George et al. 2018); solve divides by
+  S_ij + λ.
+- :class:`DiagonalOperator` (e.g. the exact Fisher diagonal) and :class:`LowRankOperator` U diag(μ) Uᵀ
+  (top-k eigenpairs; Woodbury solve (b − U diag(μ/(μ+λ)) Uᵀ b)/λ).
 
-K-FAC/EK-FAC cover only the parameters of Linear/Embedding layers (``op.names``; LayerNorm gains/biases are not
-covered); a matvec costs two small matmuls per layer, O(Σ d_out d_in (d_out + d_in)).
+K-FAC/EK-FAC cover only the parameters of Linear/Embedding layers (``op.names``; LayerNorm gains and biases
+are not covered); a matvec costs two small matmuls per layer, O(Σ d_out d_in (d_out + d_in)).
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from .operator import CurvatureOperator, DenseOperator, flatten, unflatten
 
 @dataclass
 class EigenBlock:
-    """One layer in eigen form: weight-shaped ``grid`` of eigenvalues in the basis ``QG`` (⊗ ``QA``; ``QA`` None
-    for an embedding, whose A is diagonal with values ``ea``); ``ea``/``eg`` are the factor eigenvalues."""
+    """One layer in eigen form: weight-shaped ``grid`` of eigenvalues in the basis ``QG`` ⊗ ``QA`` (``QA``
+    None for an embedding, whose A is diagonal with values ``ea``); ``ea``/``eg``: the factor eigenvalues."""
 
     factors: LayerFactors
     QA: torch.Tensor | None
@@ -47,7 +49,8 @@ class EigenBlock:
         return self.factors.info.kind == "linear"
 
     def rotate(self, M: torch.Tensor, back: bool = False) -> torch.Tensor:
-        """``Q_Gᵀ M Q_A`` (``back``: ``Q_G M Q_Aᵀ``) for ``M [k, d_out, d_in']`` (embedding: ``M [k, num, dim]``,
+        """``Q_Gᵀ M Q_A`` (``back``: ``Q_G M Q_Aᵀ``) for ``M [k, d_out, d_in']`` (embedding:
+        ``M [k, num, dim]``,
         ``M Q_G`` / ``M Q_Gᵀ``); batched matmuls."""
         if not self.linear:
             return M @ (self.QG.T if back else self.QG)
@@ -78,7 +81,7 @@ class KroneckerOperator(CurvatureOperator):
         self.blocks = blocks
 
     def _apply(self, V: torch.Tensor, scale: Callable[[EigenBlock], torch.Tensor]) -> torch.Tensor:
-        """Per layer: rotate into the eigenbasis, multiply by ``scale(block)`` (weight-shaped), rotate back."""
+        """Per layer: rotate into the eigenbasis, scale by ``scale(block)`` (weight-shaped), rotate back."""
         k = V.shape[1]
         parts = {n: t.movedim(-1, 0) for n, t in zip(self.names, unflatten(V, self.shapes))}  # [k, *shape]
         out = {}
@@ -97,8 +100,9 @@ class KroneckerOperator(CurvatureOperator):
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         return self._apply(V, lambda b: b.grid)
 
-    def diagonal(self, num_probes: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Exact diagonal from the eigen form: (Q_G∘Q_G) grid (Q_A∘Q_A)ᵀ per layer (``num_probes`` ignored)."""
+    def diagonal(self, num_probes: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Exact diagonal from the eigen form, (Q_G∘Q_G) grid (Q_A∘Q_A)ᵀ per layer (no probes needed)."""
         out = {}
         for b in self.blocks:
             info = b.factors.info
@@ -141,7 +145,8 @@ class KFACOperator(KroneckerOperator):
     """K-FAC ``⊕_layers G ⊗ A`` of the Fisher (normalized like the mean token loss) for one batch.
 
     ``approx``: ``"expand"``/``"reduce"``; ``fisher``: ``"mc"`` (``mc_samples`` labels from ``generator``),
-    ``"exact"`` (per-class square root, V backward passes) or ``"empirical"``. See :mod:`infogeom.geometry.kfac`.
+    ``"exact"`` (per-class square root, V backward passes) or ``"empirical"``. See
+    :mod:`infogeom.geometry.kfac`.
     ``KFACOperator.from_factors(model, factors)`` wraps factors captured elsewhere (e.g. by an optimizer).
     """
 
@@ -193,7 +198,8 @@ class DiagonalOperator(CurvatureOperator):
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         return self.values[:, None] * V
 
-    def diagonal(self, num_probes: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def diagonal(self, num_probes: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
         return self.values
 
     def solve(self, b, damping: float = 0.0, tol: float = 1e-6, maxiter: int | None = None):
@@ -213,7 +219,8 @@ class LowRankOperator(CurvatureOperator):
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         return self.U @ (self.eigenvalues[:, None] * (self.U.T @ V))
 
-    def diagonal(self, num_probes: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def diagonal(self, num_probes: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
         return (self.U.square() * self.eigenvalues).sum(dim=1)
 
     def solve(self, b, damping: float = 0.0, tol: float = 1e-6, maxiter: int | None = None):

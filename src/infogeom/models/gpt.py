@@ -155,6 +155,11 @@ class GPT(nn.Module):
             x = block(x)
         return self.lm_head(self.ln_f(x))
 
+    @property
+    def attention(self) -> str:
+        """Current attention path, ``"sdpa"`` or ``"math"``."""
+        return self.config.attention
+
     def set_attention(self, path: str) -> None:
         """Select the attention path (``"sdpa"`` or ``"math"``) for every block."""
         if path not in ATTENTION_PATHS:
@@ -214,24 +219,19 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def math_attention(model: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily route attention through the double-backward-capable math path (GPT or HF eager)."""
-    target = getattr(model, "model", model)  # HFCausalLM adapter wraps the HF module in .model
-    if isinstance(target, GPT):
-        old = target.config.attention
-        target.set_attention("math")
-        try:
-            yield model
-        finally:
-            target.set_attention(old)
-    elif hasattr(target, "config") and hasattr(target.config, "_attn_implementation"):
-        old = target.config._attn_implementation
-        target.config._attn_implementation = "eager"
-        try:
-            yield model
-        finally:
-            target.config._attn_implementation = old
-    else:
+    """Temporarily route attention through the double-backward-capable math path.
+
+    Works for any model with ``attention`` / ``set_attention(path)`` (GPT, ``HFCausalLM``); other models are
+    yielded unchanged."""
+    if not hasattr(model, "set_attention"):
         yield model
+        return
+    old = model.attention
+    model.set_attention("math")
+    try:
+        yield model
+    finally:
+        model.set_attention(old)
 
 
 def config_dict(cfg: GPTConfig) -> dict:

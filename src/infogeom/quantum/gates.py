@@ -122,3 +122,20 @@ def generator_operator(gate: Gate, dtype: torch.dtype, device) -> torch.Tensor:
     """−iG on the gate's wires (``[1, d]`` diagonal or ``[1, d, d]``): ∂U/∂θ = (−iG) U."""
     g = -1j * gate.generator
     return _const(np.diag(g) if gate.kind == "diag" else g, dtype, device)[None]
+
+
+def gate_matrix(name: str, angle: float | None = None, dtype: torch.dtype = torch.complex128) -> torch.Tensor:
+    """The dense d×d matrix of a gate on its own wires (first wire most significant), e.g. for inspection."""
+    gate = get_gate(name)
+    if gate.parametrized:
+        if angle is None:
+            raise InfogeomError(f"{name} needs an angle")
+        op = gate_operator(gate, torch.tensor([float(angle)]), dtype, "cpu")[0]
+        return torch.diag(op) if gate.kind == "diag" else op
+    if gate.kind == "perm":
+        d = len(gate.perm)
+        m = torch.zeros(d, d, dtype=dtype)
+        m[list(gate.perm), list(range(d))] = 1
+        return m
+    op = gate_operator(gate, None, dtype, "cpu")[0]
+    return torch.diag(op) if gate.kind == "diag" else op

@@ -131,7 +131,7 @@ def apply_operator(state: torch.Tensor, operator: torch.Tensor, wires: tuple[int
     axes = [2 + w for w in wires]
     s = state.reshape(M, B, *([2] * n)).movedim(axes, list(range(2 + n - k, 2 + n)))
     shape = s.shape
-    res = s.reshape(M, B, -1, 2**k) @ operator.transpose(-1, -2)[:, None]
+    res = s.reshape(M, B, -1, 2**k) @ operator.transpose(-1, -2)
     return _finish(res.reshape(shape).movedim(list(range(2 + n - k, 2 + n)), axes).reshape(M, B, D), out)
 
 

@@ -272,9 +272,9 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) ->
 
 
 def load_config(toml_path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                base: TrainConfig | None = None) -> TrainConfig:
-    """Defaults (or ``base``) ← TOML file ← overrides, validated."""
-    cfg = base if base is not None else TrainConfig()
+                base: TrainConfig | None = None, validate: bool = True) -> TrainConfig:
+    """Defaults (or a copy of ``base``) ← TOML file ← overrides, validated unless ``validate=False``."""
+    cfg = copy.deepcopy(base) if base is not None else TrainConfig()
     if toml_path is not None:
         path = Path(toml_path)
         try:
@@ -286,7 +286,8 @@ def load_config(toml_path: str | Path | None = None, overrides: list[str] | tupl
         except tomllib.TOMLDecodeError as exc:
             raise InfogeomError(f"config file {path} is not valid TOML: {exc}") from None
         cfg = config_from_dict(data, base=cfg)
-    return apply_overrides(cfg, overrides).validate()
+    cfg = apply_overrides(cfg, overrides)
+    return cfg.validate() if validate else cfg
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:

@@ -1,4 +1,4 @@
-"""Building models from a :class:`ModelConfig`, and loading a trained model back from a checkpoint."""
+"""A run's model and data built from its config, and a trained model loaded back from a checkpoint."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..data import Tokenizer, tokenizer_from_dict
+from ..data import TokenData, Tokenizer, prepare_data, tokenizer_from_dict
 from ..errors import InfogeomError
 from ..models.gpt import GPT, GPTConfig
 from .checkpoint import load_checkpoint
-from .config import ModelConfig, TrainConfig, config_from_dict
+from .config import DataConfig, ModelConfig, TrainConfig, config_from_dict
 
 
 def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
@@ -23,6 +23,11 @@ def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
                                     dropout=cfg.dropout, attention=cfg.attention)
     fields = {k: v for k, v in asdict(cfg).items() if k != "arch"}
     return GPT(GPTConfig(**{**fields, "vocab_size": vocab_size}))
+
+
+def prepare_run_data(cfg: DataConfig) -> TokenData:
+    """Tokenized train/val splits of ``cfg.corpus`` (memory-mapped from the cache after the first time)."""
+    return prepare_data(cfg.corpus, cfg.tokenizer, cfg.val_fraction, cfg.cache_dir or None)
 
 
 def load_state(model: nn.Module, state: dict, source: str | Path) -> None:

@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..data import TokenData, prepare_data
+from ..data import TokenData
 from ..errors import InfogeomError
 from ..models.gpt import lm_loss
 from ..optim import build_optimizer
@@ -54,7 +54,7 @@ from .checkpoint import (
 from .config import TrainConfig, config_to_dict, dumps_toml
 from .evaluation import eval_batches, mean_loss
 from .metrics import METRICS_FILE, MetricsLogger, read_metrics
-from .modeling import build_model, load_state
+from .modeling import build_model, load_state, prepare_run_data
 from .schedule import build_scheduler
 
 # Model settings that do not change the parameters' shapes may differ on resume.
@@ -154,8 +154,7 @@ class Trainer:
         if cfg.data.batch_size % d.world_size:
             raise InfogeomError(f"data.batch_size ({cfg.data.batch_size}) must be divisible by the number of "
                                 f"processes ({d.world_size})")
-        self.data: TokenData = d.main_first(lambda: prepare_data(
-            cfg.data.corpus, cfg.data.tokenizer, cfg.data.val_fraction, cfg.data.cache_dir or None))
+        self.data: TokenData = d.main_first(lambda: prepare_run_data(cfg.data))
         self.data.check_block_size(cfg.data.block_size)
         if ckpt is not None and self.data.tokenizer.to_dict() != ckpt["tokenizer"]:
             raise InfogeomError(
