@@ -98,7 +98,7 @@ def test_epsilon_sharpness_of_model_matches_manual_perturbation():
         for p, g in zip(ref.parameters(), grads):
             p.add_(0.05 * g / norm)
         perturbed = float(lm_loss(ref(batch[0]), batch[1]))
-    assert math.isclose(res.loss, float(loss), rel_tol=1e-12)
+    assert math.isclose(res.loss, float(loss.detach()), rel_tol=1e-12)
     assert math.isclose(res.perturbed_loss, perturbed, rel_tol=1e-10)
     assert res.value > 0
     adaptive = epsilon_sharpness(model, batch, rho=0.05, adaptive=True, steps=3)
@@ -129,15 +129,15 @@ def gpt_curvatures():
 
 
 def test_fisher_rao_sharpness_matches_dense_generalized_eigh(gpt_curvatures):
-    from infogeom.geometry import FisherOperator
-
+    """Matrix-free H against scipy's dense generalized eigh; F enters as the jacrev oracle's matrix (its exact
+    solve keeps the test fast; FisherOperator's own CG solve is the geometry module's, tested there)."""
     model, batch, H, F = gpt_curvatures
     damping = 0.05
     ref = scipy.linalg.eigh(H.numpy(), (F + damping * torch.eye(len(F), dtype=F64)).numpy(), eigvals_only=True)
-    res = fisher_rao_sharpness(HessianOperator(model, batch), FisherOperator(model, batch), damping=damping, k=2,
-                               tol=1e-8, solve_tol=1e-11, generator=torch.Generator().manual_seed(0))
+    res = fisher_rao_sharpness(HessianOperator(model, batch), DenseOperator(F), damping=damping, k=2, tol=1e-9,
+                               generator=torch.Generator().manual_seed(0))
     assert res.converged
-    assert torch.allclose(res.values, torch.tensor(ref[::-1][:2].copy()), rtol=1e-6)
+    assert torch.allclose(res.values, torch.tensor(ref[::-1][:2].copy()), rtol=1e-7)
     with pytest.raises(InfogeomError):
         fisher_rao_sharpness(DenseOperator(H), DenseOperator(F), damping=0.0)
 
@@ -158,38 +158,33 @@ def test_fisher_rao_sharpness_is_reparameterization_invariant():
     assert not math.isclose(float(torch.linalg.eigvalsh(H)[-1]), float(plain), rel_tol=1e-2)
 
 
-def test_adam_preconditioner_replays_adam_moments_and_preconditioned_sharpness():
-    model = tiny_gpt()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.1)
-    names = [n for n, _ in model.named_parameters()]
-    v = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+def test_adam_preconditioner_replays_adam_moments_and_preconditioned_sharpness(gpt_curvatures):
+    model, batch, H, _ = gpt_curvatures
+    trained = copy.deepcopy(model)  # the optimizer state comes from a few AdamW steps on a copy
+    opt = torch.optim.AdamW(trained.parameters(), lr=1e-2, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.1)
+    names = [n for n, _ in trained.named_parameters()]
+    v = {n: torch.zeros_like(p) for n, p in trained.named_parameters()}
     for step in range(3):
-        batch = random_batch(seed=step)
+        b = random_batch(seed=step + 1)
         opt.zero_grad()
-        lm_loss(model(batch[0]), batch[1]).backward()
-        for n, p in model.named_parameters():
+        lm_loss(trained(b[0]), b[1]).backward()
+        for n, p in trained.named_parameters():
             v[n] = 0.9 * v[n] + 0.1 * p.grad**2
         opt.step()
     t = 3
     expected = torch.cat([((1 - 0.8**t) * ((v[n] / (1 - 0.9**t)).sqrt() + 1e-6)).reshape(-1) for n in names])
-    P = adam_preconditioner(opt, model, names)
+    P = adam_preconditioner(opt, trained, names)
     assert torch.allclose(P.diagonal(), expected, rtol=1e-12)
-    batch = random_batch(seed=9)
-    H = dense_hessian(model, batch)
     d = expected.rsqrt()
     ref = torch.linalg.eigvalsh(d[:, None] * H * d[None, :])
     res = preconditioned_sharpness(HessianOperator(model, batch), P, k=2, tol=1e-9,
                                    generator=torch.Generator().manual_seed(0))
     assert torch.allclose(res.values, ref.flip(0)[:2], rtol=1e-7)
-    info = optimizer_sharpness(HessianOperator(model, batch), opt, model, tol=1e-9)
+    info = optimizer_sharpness(HessianOperator(model, batch), opt, trained, tol=1e-9)
     assert info["kind"] == "adam" and math.isclose(info["threshold"], (2 + 2 * 0.8) / (0.2 * 1e-2))
     assert math.isclose(info["sharpness"], float(ref[-1]), rel_tol=1e-7)
     with pytest.raises(InfogeomError):
-        adam_preconditioner(torch.optim.AdamW(model.parameters()), model, names)
-
-
-def _diverges(run) -> bool:
-    return run() > 1.0
+        adam_preconditioner(torch.optim.AdamW(trained.parameters()), trained, names)
 
 
 @pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)])
@@ -205,7 +200,7 @@ def test_sgd_threshold_separates_stable_from_divergent_torch_sgd(momentum, neste
             opt.zero_grad()
             (0.5 * curvature * w**2).sum().backward()
             opt.step()
-        return float(w.abs())
+        return float(w.abs().nan_to_num(nan=math.inf))
 
     assert final_abs(0.97 * threshold) < 1.0 < final_abs(1.03 * threshold)
 
@@ -226,7 +221,7 @@ def test_adam_threshold_separates_stable_from_divergent_frozen_preconditioner():
         for _ in range(4000):
             m = beta1 * m + (1 - beta1) * (scale * H @ theta)
             theta = theta - lr * P.solve(m)
-        return float(theta.abs().max())
+        return float(theta.abs().max().nan_to_num(nan=math.inf))
 
     critical = threshold / top
     assert final_abs(0.97 * critical) < 1.0 < final_abs(1.03 * critical)

@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+from conftest import tiny_gpt
 from torch.func import functional_call, jacrev
 
 from infogeom.errors import InfogeomError
@@ -124,8 +125,6 @@ def test_ekfac_first_step_is_normalized_descent_in_the_fisher_eigenbasis():
 
 
 def test_unpreconditioned_parameters_fall_back_to_adamw():
-    from tests.conftest import tiny_gpt  # noqa: PLC0415
-
     model = tiny_gpt(dtype=torch.float32, n_layer=1)
     opt = build_optimizer("kfac", model, 0.1, 0.0)
     covered = {id(p) for la in opt.core.layers for p in la.params}

@@ -1,4 +1,5 @@
-"""QGT / Fubini–Study / QFI / classical Fisher against PennyLane, a fidelity-Hessian oracle and closed forms."""
+"""QGT / Fubini–Study / QFI / classical Fisher against PennyLane, a fidelity-Hessian oracle and closed
+forms."""
 
 import math
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from pennylane import numpy as pnp
 from test_quantum_simulator import every_gate_circuit
-from torch.func import grad, jacrev
+from torch.func import grad, jacfwd, jacrev
 
 from infogeom.geometry import DenseOperator
 from infogeom.quantum import (
@@ -91,7 +92,8 @@ def test_all_gates_match_adjoint_metric_tensor_and_quantum_fisher(seed):
     p = pnp.array(th.numpy(), requires_grad=True)
     g = fubini_study_metric(c, th, x)
     assert np.abs(g.numpy() - qml.adjoint_metric_tensor(qnode)(p)).max() < TOL
-    assert np.abs(quantum_fisher_information(c, th, x).numpy() - qml.gradients.quantum_fisher(qnode)(p)).max() < TOL
+    qfi = qml.gradients.quantum_fisher(qnode)(p)
+    assert np.abs(quantum_fisher_information(c, th, x).numpy() - qfi).max() < TOL
     assert torch.allclose(g, fidelity_hessian_metric(c, th, x), atol=1e-9)
     probs = pennylane_qnode(c, qml.probs, inputs=x.numpy())
     assert np.abs(classical_fisher(c, th, x).numpy() - qml.gradients.classical_fisher(probs)(p)).max() < TOL
@@ -109,7 +111,8 @@ def test_qcnn_shared_parameters_match_adjoint_and_oracle():
 
 def test_projector_generator_gates_against_fidelity_hessian():
     """Controlled rotations and phase shifts: exact against the fidelity Hessian. (PennyLane 0.45.1's
-    Hadamard-test metric_tensor disagrees with its own adjoint_metric_tensor on these gates, so it is not used.)"""
+    Hadamard-test metric_tensor disagrees with its own adjoint_metric_tensor on these gates, so it is not
+    used.)"""
     c = Circuit(3).add("Hadamard", 0).add("RY", 1).add("RX", 2)
     for name, wires in [("CRX", (0, 1)), ("CRY", (2, 0)), ("CRZ", (1, 2)), ("PhaseShift", 1),
                         ("ControlledPhaseShift", (0, 2))]:
@@ -170,7 +173,8 @@ def test_phases_qfi_is_classical_fisher_plus_phase_covariance():
     # the phase covariance is PSD and non-zero here: the QFI exceeds the classical Fisher
     assert torch.linalg.eigvalsh(F_q - F_cl).min() > -1e-10 and phase.abs().max() > 1e-2
     # J columns against autograd of the state
-    Jref = jacrev(lambda t: c.state(t, x).reshape(-1))(th).T
+    Jri = jacfwd(lambda t: torch.view_as_real(c.state(t, x).reshape(-1)))(th)  # [D, 2, P]
+    Jref = torch.complex(Jri[:, 0], Jri[:, 1]).T
     assert torch.allclose(J, Jref, atol=1e-12)
 
 

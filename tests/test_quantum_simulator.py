@@ -43,7 +43,8 @@ def test_gate_matrices_match_pennylane():
         wires = list(range(gate.n_wires))
         op = getattr(qml, name)
         ref = qml.matrix(op(0.731, wires=wires) if gate.parametrized else op(wires=wires))
-        assert np.allclose(gate_matrix(name, 0.731 if gate.parametrized else None).numpy(), ref, atol=TOL), name
+        ours = gate_matrix(name, 0.731 if gate.parametrized else None).numpy()
+        assert np.allclose(ours, ref, atol=TOL), name
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -126,7 +127,8 @@ def test_sampling_follows_born_rule():
     assert bits.shape == (20_000, 2) and torch.equal(bits[:, 0], bits[:, 1])
     assert abs(bits[:, 0].double().mean().item() - 0.7) < 0.015
     psi = c.state(th)
-    assert torch.allclose(probabilities(psi, 2), torch.tensor([0.3, 0, 0, 0.7], dtype=torch.float64), atol=1e-12)
+    expected = torch.tensor([0.3, 0, 0, 0.7], dtype=torch.float64)
+    assert torch.allclose(probabilities(psi, 2), expected, atol=1e-12)
     assert sample(psi, 2, 3, torch.Generator().manual_seed(1)).shape == (3, 2)
 
 

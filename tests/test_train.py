@@ -1,4 +1,4 @@
-"""Trainer: learning, bit-exact resume, checkpoints, nan/inf stop, callbacks, schedule, accumulation, DDP pieces.
+"""Trainer: learning, bit-exact resume, checkpoints, nan/inf stop, callbacks, schedule, accumulation.
 
 Oracles: an uninterrupted run (for resume), a larger batch (for gradient accumulation), the closed-form
 warmup-cosine schedule, and file bytes before/after (for "nothing already written is lost").
@@ -20,8 +20,8 @@ from infogeom.train.schedule import build_scheduler
 TIME_KEYS = {"train_time", "tokens_per_s"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
+@pytest.fixture(autouse=True, name="one_thread")
+def one_thread_fixture():
     """Tiny models run fastest on one thread (and do not slow down under a loaded machine)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -29,8 +29,8 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory) -> Path:
+@pytest.fixture(scope="session", name="corpus")
+def corpus_fixture(tmp_path_factory) -> Path:
     """~60k characters of English (the standard library's help topics: always available offline)."""
     from pydoc_data.topics import topics
 
@@ -43,7 +43,8 @@ def tiny_overrides(corpus: Path, out: Path, **extra) -> list[str]:
     """A ~10k-parameter GPT on ``corpus``: each step takes milliseconds."""
     settings = {
         "data.corpus": str(corpus), "data.cache_dir": str(corpus.parent / "cache"), "data.batch_size": 8,
-        "data.block_size": 16, "model.block_size": 16, "model.n_layer": 1, "model.n_head": 2, "model.n_embd": 16,
+        "data.block_size": 16, "model.block_size": 16, "model.n_layer": 1, "model.n_head": 2,
+        "model.n_embd": 16,
         "max_steps": 12, "optim.warmup_steps": 2, "eval_every": 4, "eval_batches": 2, "log_every": 4,
         "ckpt_every": 4, "device": "cpu", "progress": "false", "tensorboard": "false", "out_dir": str(out),
     }
@@ -97,8 +98,8 @@ def result_vocab(result) -> int:
 def test_resume_is_bit_exact(corpus, tmp_path, resume):
     """12 straight steps == 6 steps, stop (checkpoint), resume, 6 more: parameters, optimizer and logs equal.
 
-    Dropout and grad_accum are on, so the dropout RNG and the data stream must be restored; log_every=4 does not
-    divide the stop step, so the losses pending at the checkpoint must carry over too.
+    Dropout and grad_accum are on, so the dropout RNG and the data stream must be restored; log_every=4 does
+    not divide the stop step, so the losses pending at the checkpoint must carry over too.
     """
     extra = {"model.dropout": 0.1, "grad_accum": 2, "ckpt_every": 5}
     straight = train(tiny_config(corpus, tmp_path / "a", **extra))
@@ -117,8 +118,8 @@ def test_resume_is_bit_exact(corpus, tmp_path, resume):
         assert all(torch.equal(pa[k], pb[k]) for k in pa)
     assert torch.equal(a["rng"]["data"], b["rng"]["data"])
     assert torch.equal(a["rng"]["ranks"][0]["torch"], b["rng"]["ranks"][0]["torch"])
-    logged_a, logged_b = read_jsonl(tmp_path / "a" / "metrics.jsonl"), read_jsonl(tmp_path / "b" / "metrics.jsonl")
-    assert without_time(logged_a) == without_time(logged_b)
+    logged_a = read_jsonl(tmp_path / "a" / "metrics.jsonl")
+    assert without_time(logged_a) == without_time(read_jsonl(tmp_path / "b" / "metrics.jsonl"))
     assert without_time(second.history) == without_time(straight.history)
     assert second.final_val_loss == straight.final_val_loss
 
@@ -291,7 +292,6 @@ def test_tensorboard_events_are_written(corpus, tmp_path):
 
 
 def test_hugging_face_gpt2_trains_and_reloads(corpus, tmp_path):
-    pytest.importorskip  # noqa: B018 -- transformers is a test dependency (infogeom[test])
     from infogeom.models.hf import HFCausalLM
 
     result = train(tiny_config(corpus, tmp_path / "run", max_steps=16, eval_every=8,

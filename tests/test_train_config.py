@@ -34,8 +34,8 @@ def test_toml_file_then_overrides(tmp_path):
 
 
 def test_toml_round_trip(tmp_path):
-    cfg = load_config(None, ["optim.options.betas=[0.9, 0.99]", "optim.options.name='x'", "model.norm=rmsnorm",
-                             "data.corpus=some/file.txt", "max_seconds=12.5"])
+    cfg = load_config(None, ["optim.options.betas=[0.9, 0.99]", "optim.options.name='x'",
+                             "model.norm=rmsnorm", "data.corpus=some/file.txt", "max_seconds=12.5"])
     path = tmp_path / "c.toml"
     path.write_text(dumps_toml(cfg))
     assert load_config(path) == cfg

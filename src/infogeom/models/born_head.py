@@ -4,15 +4,16 @@
 
 ``BornHead.forward`` returns log p as "logits" (log_softmax(log p) = log p, so :func:`lm_loss` is the usual
 cross-entropy). Its geometry on the head parameters θ = (W_re, W_im), averaged over the N token positions of a
-batch, is available as matrix-free :class:`~infogeom.geometry.CurvatureOperator` s (:class:`BornMetricOperator`):
+batch, is available as matrix-free :class:`~infogeom.geometry.CurvatureOperator` s
+(:class:`BornMetricOperator`):
 
     "fubini-study"  g = Re Q,  Q = ⟨∂ψ̂|∂ψ̂⟩ − ⟨∂ψ̂|ψ̂⟩⟨ψ̂|∂ψ̂⟩ of the normalised state ψ̂ = ψ/‖ψ‖
     "qfi"           4g
     "classical"     F^cl = E_p[∂log p ∂log p]   (the usual Fisher of the predictive distribution)
     "phase"         4 Cov_p(∂φ), ψ = |ψ| e^{iφ}
 
-with QFI = F^cl + 4 Cov_p(∂φ) wherever p > 0; with W_im = 0 the amplitudes are real, the phase term vanishes on
-the W_re block, and there QFI = F^cl. A tangent (ΔW_re, ΔW_im) moves ψ by δψ = (ΔW_re + iΔW_im) h, so every
+with QFI = F^cl + 4 Cov_p(∂φ) wherever p > 0; with W_im = 0 the amplitudes are real, the phase term vanishes
+on the W_re block, and there QFI = F^cl. A tangent (ΔW_re, ΔW_im) moves ψ by δψ = (ΔW_re + iΔW_im) h, so every
 matvec costs O(N·V·C) and nothing of size P² = (2VC)² is formed unless asked (``to_dense``).
 """
 
@@ -31,7 +32,8 @@ BORN_KINDS = ("fubini-study", "qfi", "classical", "phase")
 class BornHead(nn.Module):
     """``h [..., C] -> log p [..., V]`` with p = |W_re h + i W_im h|² / ‖·‖² (no bias)."""
 
-    def __init__(self, n_embd: int, vocab_size: int, init_std: float = 0.02, imag_init_std: float | None = None):
+    def __init__(self, n_embd: int, vocab_size: int, init_std: float = 0.02,
+                 imag_init_std: float | None = None):
         super().__init__()
         self.weight_re = nn.Parameter(init_std * torch.randn(vocab_size, n_embd))
         std = init_std if imag_init_std is None else imag_init_std
@@ -82,7 +84,8 @@ class BornMetricOperator(CurvatureOperator):
         if kind not in BORN_KINDS:
             raise InfogeomError(f"kind must be one of {', '.join(BORN_KINDS)}, got {kind!r}")
         if hidden.ndim != 2 or hidden.shape[1] != head.weight_re.shape[1]:
-            raise InfogeomError(f"hidden states must be [N, {head.weight_re.shape[1]}], got {tuple(hidden.shape)}")
+            raise InfogeomError(f"hidden states must be [N, {head.weight_re.shape[1]}], "
+                                f"got {tuple(hidden.shape)}")
         self.kind = kind
         self.h = hidden.detach().to(head.weight_re.dtype)
         with torch.no_grad():
@@ -90,8 +93,8 @@ class BornMetricOperator(CurvatureOperator):
         self.abs2 = self.psi.real**2 + self.psi.imag**2
         self.norm = self.abs2.sum(-1, keepdim=True)  # n = ‖ψ‖²  [N, 1]
         tol = torch.finfo(self.abs2.dtype).eps ** 2 * self.norm
-        self.inv_abs2 = torch.where(self.abs2 > tol, 1.0 / self.abs2.clamp_min(torch.finfo(self.abs2.dtype).tiny),
-                                    torch.zeros_like(self.abs2))
+        tiny = torch.finfo(self.abs2.dtype).tiny
+        self.inv_abs2 = torch.where(self.abs2 > tol, 1.0 / self.abs2.clamp_min(tiny), 0.0)
         self.names = list(names)
         self.shapes = [head.weight_re.shape, head.weight_im.shape]
         self.dtype, self.device = head.weight_re.dtype, head.weight_re.device
@@ -124,7 +127,8 @@ class BornMetricOperator(CurvatureOperator):
         out_B = torch.einsum("knv,nc->kvc", w.imag, self.h) / N
         return torch.cat([out_A.reshape(k, -1), out_B.reshape(k, -1)], dim=1).T
 
-    def diagonal(self, num_probes: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def diagonal(self, num_probes: int | None = None, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
         """Exact diagonal in O(N·V·C) from closed forms (per token, q_v = 1/(n|ψ_v|²) − 1/n²):
         FS: h_c²(1/n − |ψ_v|²/n²) for both blocks; classical: 4h_c² (Re ψ_v)² q_v (W_re), 4h_c² (Im ψ_v)² q_v
         (W_im); phase: the same with Re and Im swapped."""
@@ -137,7 +141,9 @@ class BornMetricOperator(CurvatureOperator):
         else:
             q = self.inv_abs2 / n - (self.inv_abs2 > 0) / n**2
             re2, im2 = self.psi.real**2, self.psi.imag**2
-            a_re, a_im = (4 * re2 * q, 4 * im2 * q) if self.kind == "classical" else (4 * im2 * q, 4 * re2 * q)
+            a_re, a_im = 4 * re2 * q, 4 * im2 * q
+            if self.kind == "phase":
+                a_re, a_im = a_im, a_re
         h2 = self.h**2 / self.h.shape[0]
         return torch.cat([(a_re.T @ h2).reshape(-1), (a_im.T @ h2).reshape(-1)])
 
@@ -150,7 +156,8 @@ def born_head_geometry(head: BornHead, hidden: torch.Tensor) -> dict[str, BornMe
 def compare_born_geometry(model: GPT, idx: torch.Tensor, probes: int = 16,
                           generator: torch.Generator | None = None) -> dict[str, float]:
     """Summary of the head's geometry on a batch of text ``idx [B, T]`` (model with a :class:`BornHead`):
-    exact traces of FS, QFI, classical Fisher and phase term, ``qfi_over_classical`` = tr F^Q / tr F^cl, and the
+    exact traces of FS, QFI, classical Fisher and phase term, ``qfi_over_classical`` = tr F^Q / tr F^cl, and
+    the
     identity residual max_v |vᵀ(F^Q − F^cl − 4Cov)v| / vᵀF^Q v over ``probes`` Rademacher directions."""
     if not isinstance(model.lm_head, BornHead):
         raise InfogeomError("the model has no Born head (use infogeom.models.born_head.use_born_head)")

@@ -4,11 +4,11 @@
     z_w = ⟨ψ(θ; a)| Z_w |ψ(θ; a)⟩,  ψ(θ; a) = U_ansatz(θ) R_embed(a) |0…0⟩
     y = W_out z + b_out                     [..., out_features]
 
-All tokens of a batch are simulated as one batch of states (cost O(B·T·gates·2^n)); gradients flow to θ, W_in and
-W_out by autograd through the simulator. :func:`add_quantum_layers` swaps such layers into a :class:`GPT` in place
-of the MLP or the q/k/v projection of chosen blocks (as in hybrid quantum transformers). For quantum natural
-gradient each layer remembers (a subsample of) its last input angles, so the optimizer can evaluate the circuit's
-metric averaged over the data, E_a g(θ; a) (:func:`model_metric_fn`, optimizer ``"qng"``).
+All tokens of a batch are simulated as one batch of states (cost O(B·T·gates·2^n)); gradients flow to θ, W_in
+and W_out by autograd through the simulator. :func:`add_quantum_layers` swaps such layers into a :class:`GPT`
+in place of the MLP or the q/k/v projection of chosen blocks (as in hybrid quantum transformers). For quantum
+natural gradient each layer remembers (a subsample of) its last input angles, so the optimizer can evaluate
+the circuit's metric averaged over the data, E_a g(θ; a) (:func:`model_metric_fn`, optimizer ``"qng"``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ TARGETS = ("mlp", "qkv")
 METRICS = ("fubini-study", "qfi", "pullback")
 
 
-def build_circuit(n_qubits: int, n_layers: int, ansatz: str = "hardware-efficient", embedding: str = "Y") -> Circuit:
+def build_circuit(n_qubits: int, n_layers: int, ansatz: str = "hardware-efficient", embedding: str = "Y"
+                  ) -> Circuit:
     """Angle embedding of ``n_qubits`` features (rotation ``embedding``) followed by the ansatz."""
     if ansatz not in ANSATZE:
         raise InfogeomError(f"ansatz must be one of {', '.join(ANSATZE)}, got {ansatz!r}")
@@ -45,8 +46,8 @@ def build_circuit(n_qubits: int, n_layers: int, ansatz: str = "hardware-efficien
 class QuantumLayer(nn.Module):
     """``[..., in_features] -> [..., out_features]`` through an ``n_qubits`` circuit (see module doc).
 
-    Simulated in complex64 for float32 inputs and complex128 for float64. ``record_inputs``: how many of the last
-    forward's angle vectors to keep (detached) for metric evaluation; 0 disables."""
+    Simulated in complex64 for float32 inputs and complex128 for float64. ``record_inputs``: how many of the
+    last forward's angle vectors to keep (detached) for metric evaluation; 0 disables."""
 
     def __init__(self, in_features: int, out_features: int, n_qubits: int = 4, n_layers: int = 2,
                  ansatz: str = "hardware-efficient", embedding: str = "Y", input_scale: float = math.pi,
@@ -92,8 +93,9 @@ def quantum_layers(model: nn.Module) -> list[QuantumLayer]:
 
 def add_quantum_layers(model: GPT, blocks: Sequence[int] = (0,), target: str = "mlp", n_qubits: int = 4,
                        n_layers: int = 2, **layer_options) -> list[QuantumLayer]:
-    """Replace ``blocks[i].mlp`` (``target="mlp"``: C → C) or ``blocks[i].attn.c_attn`` (``"qkv"``: C → 3C) of the
-    chosen blocks with :class:`QuantumLayer` s (same dtype/device as the model). Returns the new layers."""
+    """Replace ``blocks[i].mlp`` (``target="mlp"``: C → C) or ``blocks[i].attn.c_attn`` (``"qkv"``: C → 3C) of
+    the chosen blocks with :class:`QuantumLayer` s (same dtype/device as the model). Returns the new
+    layers."""
     if target not in TARGETS:
         raise InfogeomError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     n_block, C = len(model.blocks), model.config.n_embd
@@ -126,12 +128,13 @@ class _InputRecorder:
 
 def model_metric_fn(model: nn.Module, metric: str = "fubini-study", approx: str | None = None,
                     max_inputs: int = 64) -> Callable[[], torch.Tensor]:
-    """Metric closure for :class:`~infogeom.optim.qng.QuantumNaturalGradient` over the ``weight`` s of all quantum
-    layers of ``model`` (block-diagonal across layers).
+    """Metric closure for :class:`~infogeom.optim.qng.QuantumNaturalGradient` over the ``weight`` s of all
+    quantum layers of ``model`` (block-diagonal across layers).
 
     ``"fubini-study"`` / ``"qfi"``: each circuit's metric averaged over its last ``max_inputs`` input angles.
     ``"pullback"``: G = (1/N) Σ_tokens Jᵀ (diag p − p pᵀ) J with J = ∂logits/∂(circuit weights) on the first
-    ``max_inputs`` sequences of the model's last training input (forward-mode autodiff, one pass per weight)."""
+    ``max_inputs`` sequences of the model's last training input (forward-mode autodiff, one pass per
+    weight)."""
     if metric not in METRICS:
         raise InfogeomError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     layers = quantum_layers(model)

@@ -9,6 +9,7 @@ from .hybrid import HybridOptimizer
 from .kfac import KFAC
 from .muon import MuonAdamW
 from .ngcg import NaturalGradientCG
+from .qng import QNGAdamW as QNGAdamW  # registers 'qng'
 from .registry import OPTIMIZERS, build_optimizer, register_optimizer
 
 __all__ = ["EKFAC", "KFAC", "OPTIMIZERS", "HybridOptimizer", "MuonAdamW", "NaturalGradientCG", "build_optimizer",

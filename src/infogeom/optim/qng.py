@@ -1,13 +1,14 @@
 """Quantum natural gradient (Stokes et al. 2020): θ ← θ − η (G + λI)^+ ∇L.
 
 G is any metric on the optimizer's parameters supplied by a ``metric_fn`` closure evaluated at the current
-parameters: the Fubini–Study metric of a circuit (full or PennyLane's block-diagonal approximation), the QFI, or the
-pull-back G = Jᵀ F_out J of a hybrid model's output distribution (see :mod:`infogeom.quantum`). It is recomputed
-every ``recompute_every`` steps; the damped pseudo-inverse (G + λI)^+ (Hermitian eigendecomposition, O(P³)) is kept
-in the optimizer state, so checkpoints resume with the same preconditioner and each step costs one O(P²) matvec.
+parameters: the Fubini–Study metric of a circuit (full or PennyLane's block-diagonal approximation), the QFI,
+or the pull-back G = Jᵀ F_out J of a hybrid model's output distribution (see :mod:`infogeom.quantum`). It is
+recomputed every ``recompute_every`` steps; the damped pseudo-inverse (G + λI)^+ (Hermitian
+eigendecomposition, O(P³)) is kept in the optimizer state, so checkpoints resume with the same preconditioner
+and each step costs one O(P²) matvec.
 
-Registered as ``"qng"`` for models with quantum layers (:mod:`infogeom.models.quantum_layer`): QNG on the circuit
-weights, AdamW on every other parameter (one :class:`~infogeom.optim.hybrid.HybridOptimizer`).
+Registered as ``"qng"`` for models with quantum layers (:mod:`infogeom.models.quantum_layer`): QNG on the
+circuit weights, AdamW on every other parameter (one :class:`~infogeom.optim.hybrid.HybridOptimizer`).
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ MetricFn = Callable[[], "torch.Tensor | CurvatureOperator"]
 class QuantumNaturalGradient(Optimizer):
     """θ ← (1 − η·wd) θ − η (G + λI)^+ ∇L over all parameters of the optimizer (flattened in group order).
 
-    ``metric_fn()`` returns G as a ``[P, P]`` tensor or a :class:`CurvatureOperator` (P = total numel), evaluated at
-    the current parameter values (a closure over the parameters). ``damping`` λ ≥ 0 (λ = 0: Moore–Penrose
-    pseudo-inverse, as Stokes et al.), ``recompute_every`` k: G is refreshed on steps 0, k, 2k, …. Per-group
+    ``metric_fn()`` returns G as a ``[P, P]`` tensor or a :class:`CurvatureOperator` (P = total numel),
+    evaluated at the current parameter values (a closure over the parameters). ``damping`` λ ≥ 0 (λ = 0:
+    Moore–Penrose pseudo-inverse, as Stokes et al.), ``recompute_every`` k: G is refreshed on steps 0, k, 2k,
+    …. Per-group
     ``lr`` (schedulers work as usual); ``damping`` and ``recompute_every`` are read from the first group."""
 
     def __init__(self, params, metric_fn: MetricFn, lr: float = 0.01, damping: float = 1e-3,
@@ -57,7 +59,7 @@ class QuantumNaturalGradient(Optimizer):
         if isinstance(G, CurvatureOperator):
             G = G.to_dense()
         if G.shape != (P, P):
-            raise InfogeomError(f"metric_fn returned shape {tuple(G.shape)}, the optimizer has {P} parameters")
+            raise InfogeomError(f"metric_fn returned shape {tuple(G.shape)}; optimizer has {P} parameters")
         G = 0.5 * (G + G.T)
         G = G + self.param_groups[0]["damping"] * torch.eye(P, dtype=G.dtype, device=G.device)
         return torch.linalg.pinv(G, hermitian=True)
@@ -74,7 +76,7 @@ class QuantumNaturalGradient(Optimizer):
         step = state.get("qng_step", 0)
         if "precond" not in state or step % self.param_groups[0]["recompute_every"] == 0:
             state["precond"] = self._preconditioner(P)
-        grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+        grad = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in params])
         nat = (state["precond"] @ grad.to(state["precond"].dtype)).to(grad.dtype)
         offset = 0
         for group in self.param_groups:
@@ -91,9 +93,10 @@ class QuantumNaturalGradient(Optimizer):
 class QNGAdamW(HybridOptimizer):
     """QNG on the circuit weights of a model's quantum layers, AdamW on every other trainable parameter."""
 
-    def __init__(self, model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0, metric: str = "fubini-study",
-                 approx: str | None = None, damping: float = 1e-3, recompute_every: int = 1,
-                 quantum_lr: float | None = None, max_inputs: int = 64, betas=(0.9, 0.95), eps: float = 1e-8):
+    def __init__(self, model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0,
+                 metric: str = "fubini-study", approx: str | None = None, damping: float = 1e-3,
+                 recompute_every: int = 1, quantum_lr: float | None = None, max_inputs: int = 64,
+                 betas=(0.9, 0.95), eps: float = 1e-8):
         from ..models.quantum_layer import model_metric_fn, quantum_layers
 
         layers = quantum_layers(model)
@@ -104,7 +107,8 @@ class QNGAdamW(HybridOptimizer):
         metric_fn = model_metric_fn(model, metric=metric, approx=approx, max_inputs=max_inputs)
         qng = QuantumNaturalGradient(weights, metric_fn, lr=lr if quantum_lr is None else quantum_lr,
                                      damping=damping, recompute_every=recompute_every)
-        adamw = torch.optim.AdamW(adamw_groups(model, weights, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
+        groups = adamw_groups(model, weights, weight_decay)
+        adamw = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
         super().__init__([qng, adamw])
 
 

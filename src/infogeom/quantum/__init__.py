@@ -1,5 +1,6 @@
-"""Quantum circuits and their geometry in PyTorch: a batched state-vector simulator, the quantum geometric tensor
-(Fubini–Study metric, QFI, Berry curvature), the classical Fisher of measurements, and pull-back metrics.
+"""Quantum circuits and their geometry in PyTorch: a batched state-vector simulator, the quantum geometric
+tensor (Fubini–Study metric, QFI, Berry curvature), the classical Fisher of measurements, and pull-back
+metrics.
 
 Conventions follow PennyLane: wire 0 is the most significant bit, U(θ) = exp(−iθG) (RX(θ) = exp(−iθX/2)),
 g = Re Q is ``qml.metric_tensor``'s metric and the QFI is 4g. See ``docs/quantum.md``.

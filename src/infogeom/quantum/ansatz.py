@@ -37,9 +37,9 @@ def angle_embedding(circuit: Circuit, rotation: str = "Y", wires: list[int] | No
 
 def hardware_efficient(n_qubits: int, n_layers: int, rotations: tuple[str, ...] = ("RY", "RZ"),
                        entangler: str = "chain", circuit: Circuit | None = None) -> Circuit:
-    """Per layer: each rotation in ``rotations`` on every qubit (all RY, then all RZ), then CNOTs on neighbours
-    (``"chain"``: (0,1), (1,2), …; ``"ring"`` adds (n−1, 0)). Parameters: ``n_layers · len(rotations) · n``,
-    ordered layer, rotation, qubit."""
+    """Per layer: each rotation in ``rotations`` on every qubit (all RY, then all RZ), then CNOTs on
+    neighbours (``"chain"``: (0,1), (1,2), …; ``"ring"`` adds (n−1, 0)). Parameters: ``n_layers ·
+    len(rotations) · n``, ordered layer, rotation, qubit."""
     _check_layers(n_layers)
     if entangler not in ("chain", "ring"):
         raise InfogeomError(f"entangler must be 'chain' or 'ring', got {entangler!r}")
@@ -56,8 +56,10 @@ def hardware_efficient(n_qubits: int, n_layers: int, rotations: tuple[str, ...] 
     return c
 
 
-def basic_entangler(n_qubits: int, n_layers: int, rotation: str = "RX", circuit: Circuit | None = None) -> Circuit:
-    """PennyLane's ``BasicEntanglerLayers``: one rotation per qubit, then a CNOT ring (one CNOT for 2 qubits)."""
+def basic_entangler(n_qubits: int, n_layers: int, rotation: str = "RX", circuit: Circuit | None = None
+                    ) -> Circuit:
+    """PennyLane's ``BasicEntanglerLayers``: one rotation per qubit, then a CNOT ring (one CNOT for 2
+    qubits)."""
     _check_layers(n_layers)
     c = _circuit(n_qubits, circuit)
     if n_qubits == 2:
@@ -73,11 +75,12 @@ def basic_entangler(n_qubits: int, n_layers: int, rotation: str = "RX", circuit:
 
 
 def qcnn(n_qubits: int, circuit: Circuit | None = None) -> Circuit:
-    """Quantum convolutional network: repeat {convolution on neighbouring pairs (even, then odd pairs), pooling
-    that halves the active qubits} until one qubit is left; read it out on wire ``n_qubits − 1``.
+    """Quantum convolutional network: repeat {convolution on neighbouring pairs (even, then odd pairs),
+    pooling that halves the active qubits} until one qubit is left; read it out on wire ``n_qubits − 1``.
 
-    Convolution block on (a, b): RY(a) RY(b) CNOT(a, b) RY(a) RY(b) — its 4 angles are shared by all blocks of a
-    level (translation invariance). Pooling (a → b, a dropped): CRZ(a, b), X(a), CRX(a, b) — 2 shared angles."""
+    Convolution block on (a, b): RY(a) RY(b) CNOT(a, b) RY(a) RY(b) — its 4 angles are shared by all blocks of
+    a level (translation invariance). Pooling (a → b, a dropped): CRZ(a, b), X(a), CRX(a, b) — 2 shared
+    angles."""
     if n_qubits < 2:
         raise InfogeomError(f"a QCNN needs at least 2 qubits, got {n_qubits}")
     c = _circuit(n_qubits, circuit)

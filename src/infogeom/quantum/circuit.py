@@ -1,10 +1,12 @@
-"""Parametrized circuits: a list of gates whose angles come from trainable parameters, classical inputs or constants.
+"""Parametrized circuits: a list of gates whose angles come from trainable parameters, classical inputs or
+constants.
 
 ``Circuit.state(params, inputs)`` runs a whole batch of parameter sets ``[B, P]`` and/or classical inputs
-``[B, F]`` as one tensor program (differentiable by autograd). ``Circuit.state_and_jacobian`` adds the exact state
-Jacobian J_{k} = ∂ψ/∂θ_k for all P parameters in the same sweep (forward mode): the batch carries channels
-[ψ, ∂_1ψ, …]; every gate U acts on all channels (∂(Uφ) = U ∂φ) and a gate with trainable angle k appends the
-channel −iG_k ψ (∂U/∂θ = −iGU). Cost O(N_gates · P · 2^n) per parameter set, no Python loop over P or the batch.
+``[B, F]`` as one tensor program (differentiable by autograd). ``Circuit.state_and_jacobian`` adds the exact
+state Jacobian J_{k} = ∂ψ/∂θ_k for all P parameters in the same sweep (forward mode): the batch carries
+channels [ψ, ∂_1ψ, …]; every gate U acts on all channels (∂(Uφ) = U ∂φ) and a gate with trainable angle k
+appends the channel −iG_k ψ (∂U/∂θ = −iGU). Cost O(N_gates · P · 2^n) per parameter set, no Python loop over P
+or the batch.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from .gates import MACROS, gate_operator, generator_operator, get_gate
 
 @dataclass(frozen=True)
 class Op:
-    """One gate. Its angle (parametrized gates only) is ``params[param]``, ``inputs[feature]`` or ``angle``."""
+    """One gate. Its angle (parametrized gates only) is ``params[param]``, ``inputs[feature]`` or
+    ``angle``."""
 
     gate: str
     wires: tuple[int, ...]
@@ -44,12 +47,14 @@ class Circuit:
         self.n_features = 0
         self._compiled: tuple | None = None
 
-    # ---- building -----------------------------------------------------------------------------------------------
-    def add(self, gate: str, wires: int | tuple[int, ...] | list[int], *, param: int | tuple[int, ...] | None = None,
-            feature: int | tuple[int, ...] | None = None, angle: float | tuple[float, ...] | None = None) -> Circuit:
-        """Append ``gate`` on ``wires``. A parametrized gate takes its angle from ``param`` (an existing parameter
-        index, to share it), ``feature`` (a classical input index) or ``angle`` (a constant); with none of them it
-        gets a new trainable parameter. ``"Rot"`` expands to RZ(φ), RY(θ), RZ(ω) (three angles)."""
+    # ---- building ------------------------------------------------------------------------------------------
+    def add(self, gate: str, wires: int | tuple[int, ...] | list[int], *,
+            param: int | tuple[int, ...] | None = None, feature: int | tuple[int, ...] | None = None,
+            angle: float | tuple[float, ...] | None = None) -> Circuit:
+        """Append ``gate`` on ``wires``. A parametrized gate takes its angle from ``param`` (an existing
+        parameter index, to share it), ``feature`` (a classical input index) or ``angle`` (a constant); with
+        none of them it gets a new trainable parameter. ``"Rot"`` expands to RZ(φ), RY(θ), RZ(ω) (three
+        angles)."""
         wires = (wires,) if isinstance(wires, int) else tuple(int(w) for w in wires)
         names = MACROS.get(gate, (gate,))
         sources = [s for s in (param, feature, angle) if s is not None]
@@ -83,7 +88,7 @@ class Circuit:
             param = self.n_params
         if param is not None:
             if not 0 <= param <= self.n_params:
-                raise InfogeomError(f"parameter index {param} out of range (next new index is {self.n_params})")
+                raise InfogeomError(f"parameter index {param} out of range (next new one: {self.n_params})")
             self.n_params = max(self.n_params, param + 1)
         if feature is not None:
             if feature < 0:
@@ -91,7 +96,7 @@ class Circuit:
             self.n_features = max(self.n_features, feature + 1)
         self.ops.append(Op(name, wires, param, feature, None if angle is None else float(angle)))
 
-    # ---- structure ----------------------------------------------------------------------------------------------
+    # ---- structure -----------------------------------------------------------------------------------------
     @property
     def trainable_ops(self) -> list[int]:
         """Positions (in ``ops``) of gates with a trainable angle, in circuit order."""
@@ -102,11 +107,12 @@ class Circuit:
         return [self.ops[i].param for i in self.trainable_ops]
 
     def layers(self) -> list[list[int]]:
-        """PennyLane's parametrized-layer grouping of the trainable gates (indices into :attr:`trainable_ops`).
+        """PennyLane's parametrized-layer grouping of the trainable gates (indices into
+        :attr:`trainable_ops`).
 
-        Greedy in circuit order (``CircuitGraph.parametrized_layers``): a gate joins the current layer unless one of
-        the layer's gates is among its ancestors (a gate earlier on a shared wire, transitively), which starts a
-        new layer. Gates in one layer act on disjoint wires, so their generators commute."""
+        Greedy in circuit order (``CircuitGraph.parametrized_layers``): a gate joins the current layer unless
+        one of the layer's gates is among its ancestors (a gate earlier on a shared wire, transitively), which
+        starts a new layer. Gates in one layer act on disjoint wires, so their generators commute."""
         last_on_wire: dict[int, int] = {}
         ancestors: list[set[int]] = []
         for i, op in enumerate(self.ops):
@@ -132,13 +138,15 @@ class Circuit:
         return f"Circuit(n_qubits={self.n_qubits}, gates={len(self.ops)}, params={self.n_params}, " \
                f"features={self.n_features})"
 
-    # ---- simulation ---------------------------------------------------------------------------------------------
+    # ---- simulation ----------------------------------------------------------------------------------------
     def _prepare(self, params, inputs, dtype):
-        """Broadcast ``params [P] | [B, P]`` and ``inputs [F] | [B, F]`` to a common batch; pick the complex dtype."""
+        """Broadcast ``params [P] | [B, P]`` and ``inputs [F] | [B, F]`` to a common batch; pick the complex
+        dtype."""
         if params is None:
             if self.n_params:
                 raise InfogeomError(f"this circuit has {self.n_params} trainable parameters; pass params")
-            params = torch.zeros(0, dtype=torch.float64 if dtype in (None, torch.complex128) else torch.float32,
+            real = torch.float64 if dtype in (None, torch.complex128) else torch.float32
+            params = torch.zeros(0, dtype=real,
                                  device=None if inputs is None else inputs.device)
         if params.shape[-1] != self.n_params or params.ndim not in (1, 2):
             raise InfogeomError(f"params must have shape [{self.n_params}] or [B, {self.n_params}], "
@@ -171,8 +179,9 @@ class Circuit:
         return None
 
     def _program(self, dtype: torch.dtype, device) -> list:
-        """The gate list compiled for simulation: runs of fixed permutation/diagonal gates (CNOT, CZ, SWAP, X, Z,
-        S, T, ...) fused into one monomial step (gather index, phases) each; every other gate is its own step."""
+        """The gate list compiled for simulation: runs of fixed permutation/diagonal gates (CNOT, CZ, SWAP, X,
+        Z, S, T, ...) fused into one monomial step (gather index, phases) each; every other gate is its own
+        step."""
         key = (len(self.ops), dtype, str(device))
         if self._compiled is not None and self._compiled[0] == key:
             return self._compiled[1]
@@ -192,7 +201,8 @@ class Circuit:
                 run.append((gate, op.wires))
                 continue
             flush()
-            steps.append(("gate", op, gate, None if gate.parametrized else gate_operator(gate, None, dtype, device),
+            fixed = None if gate.parametrized else gate_operator(gate, None, dtype, device)
+            steps.append(("gate", op, gate, fixed,
                           generator_operator(gate, dtype, device) if op.param is not None else None))
         flush()
         self._compiled = (key, steps)
@@ -207,15 +217,16 @@ class Circuit:
                 state = sim.apply_monomial(state, step[1], step[2])
             else:
                 _, op, gate, fixed, _ = step
-                operator = fixed if fixed is not None else gate_operator(gate, self._angle(op, P, X), dtype, device)
+                operator = fixed if fixed is not None else \
+                    gate_operator(gate, self._angle(op, P, X), dtype, device)
                 state = sim.apply_operator(state, operator, op.wires, n, gate.kind == "diag")
         return state[0]
 
     @torch.no_grad()
     def _jacobian_sweep(self, P, X, B, dtype) -> torch.Tensor:
-        """States and per-gate Jacobians ``[1 + K, B, D]`` (channel 0 = ψ, channel 1 + g = ∂ψ/∂(angle of trainable
-        gate g)). Channels are appended when their gate is reached and updated by every later gate; two
-        preallocated buffers are written in turn (one memory pass per gate; no autograd)."""
+        """States and per-gate Jacobians ``[1 + K, B, D]`` (channel 0 = ψ, channel 1 + g = ∂ψ/∂(angle of
+        trainable gate g)). Channels are appended when their gate is reached and updated by every later gate;
+        two preallocated buffers are written in turn (one memory pass per gate; no autograd)."""
         n, device = self.n_qubits, P.device
         K = len(self.trainable_ops)
         bufs = [torch.empty(1 + K, B, 2**n, dtype=dtype, device=device) for _ in range(2)]
@@ -227,7 +238,8 @@ class Circuit:
                 sim.apply_monomial(src[:a], step[1], step[2], out=dst[:a])
             else:
                 _, op, gate, fixed, gen = step
-                operator = fixed if fixed is not None else gate_operator(gate, self._angle(op, P, X), dtype, device)
+                operator = fixed if fixed is not None else \
+                    gate_operator(gate, self._angle(op, P, X), dtype, device)
                 diagonal = gate.kind == "diag"
                 sim.apply_operator(src[:a], operator, op.wires, n, diagonal, out=dst[:a])
                 if gen is not None:
@@ -260,26 +272,29 @@ class Circuit:
             J = gate_to_param(J, self.op_params(), self.n_params, dim=1)
         return (psi, J) if batched else (psi[0], J[0])
 
-    # ---- measurements -------------------------------------------------------------------------------------------
+    # ---- measurements --------------------------------------------------------------------------------------
     def probs(self, params=None, inputs=None, wires=None, dtype=None) -> torch.Tensor:
         """Computational-basis probabilities ``[B?, 2^k]`` on ``wires`` (all by default)."""
         return sim.probabilities(self.state(params, inputs, dtype), self.n_qubits, wires)
 
     def expval(self, observable, params=None, inputs=None, dtype=None) -> torch.Tensor:
-        """⟨ψ|O|ψ⟩ for a :class:`~infogeom.quantum.observables.PauliSum` (or anything with ``expectation``)."""
+        """⟨ψ|O|ψ⟩ for a :class:`~infogeom.quantum.observables.PauliSum` (or anything with
+        ``expectation``)."""
         return observable.expectation(self.state(params, inputs, dtype), self.n_qubits)
 
     def expval_z(self, params=None, inputs=None, wires=None, dtype=None) -> torch.Tensor:
         """⟨Z_w⟩ for each wire ``[B?, len(wires)]`` (the usual quantum-layer readout)."""
         return sim.expval_z(self.state(params, inputs, dtype), self.n_qubits, wires)
 
-    def sample(self, shots: int, params=None, inputs=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, shots: int, params=None, inputs=None, generator: torch.Generator | None = None
+               ) -> torch.Tensor:
         """Measurement outcomes ``[B?, shots, n]`` (bits)."""
         return sim.sample(self.state(params, inputs), self.n_qubits, shots, generator)
 
 
 def gate_to_param(T: torch.Tensor, op_params: list[int], n_params: int, dim: int) -> torch.Tensor:
-    """Map a per-trainable-gate axis ``dim`` to the parameter axis: T_param[k] = Σ_{gates g with param k} T[g]."""
+    """Map a per-trainable-gate axis ``dim`` to the parameter axis: T_param[k] = Σ_{gates g with param k}
+    T[g]."""
     if op_params == list(range(n_params)):
         return T
     index = torch.as_tensor(op_params, device=T.device)

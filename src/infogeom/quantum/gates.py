@@ -1,8 +1,9 @@
 """Gate library in PennyLane's conventions (wire 0 is the most significant bit of a basis index).
 
 A parametrized gate is defined by its Hermitian generator G alone: U(θ) = exp(−iθG), so ∂U/∂θ = −iG U. For
-example RX(θ) = exp(−iθX/2), PhaseShift(φ) = diag(1, e^{iφ}) = exp(−iφ·diag(0, −1)), CRX(θ) = exp(−iθ|1⟩⟨1|⊗X/2).
-Fixed gates are a matrix, a diagonal, or a permutation of basis states (applied as a gather, not a matmul).
+example RX(θ) = exp(−iθX/2), PhaseShift(φ) = diag(1, e^{iφ}) = exp(−iφ·diag(0, −1)), CRX(θ) =
+exp(−iθ|1⟩⟨1|⊗X/2). Fixed gates are a matrix, a diagonal, or a permutation of basis states (applied as a
+gather, not a matmul).
 
 Each gate is applied by the cheapest of three paths (see :mod:`infogeom.quantum.simulator`):
 ``"diag"`` (elementwise phase), ``"perm"`` (index gather) or ``"dense"`` (small matmul on the gate's wires).
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -64,7 +65,8 @@ GATES: dict[str, Gate] = {g.name: g for g in [
     _param("RX", _X / 2), _param("RY", _Y / 2), _param("RZ", _Z / 2),
     _param("PhaseShift", -_P1),
     _param("ControlledPhaseShift", -np.kron(_P1, _P1)),
-    _param("CRX", _controlled(_X / 2)), _param("CRY", _controlled(_Y / 2)), _param("CRZ", _controlled(_Z / 2)),
+    _param("CRX", _controlled(_X / 2)), _param("CRY", _controlled(_Y / 2)),
+    _param("CRZ", _controlled(_Z / 2)),
     _param("IsingXX", np.kron(_X, _X) / 2), _param("IsingYY", np.kron(_Y, _Y) / 2),
     _param("IsingZZ", np.kron(_Z, _Z) / 2),
     # fixed
@@ -92,7 +94,7 @@ def get_gate(name: str) -> Gate:
     return GATES[name]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _eigh(name: str) -> tuple[np.ndarray, np.ndarray]:
     return np.linalg.eigh(GATES[name].generator)
 

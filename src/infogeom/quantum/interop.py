@@ -11,9 +11,9 @@ from .observables import PauliSum
 
 
 def queue_pennylane(circuit: Circuit, params, inputs=None) -> None:
-    """Queue the circuit's gates as PennyLane operations (call inside a QNode). Gate angles are ``params[op.param]``
-    (indexing keeps PennyLane's trainability tracking, so shared parameters reach its classical Jacobian),
-    ``inputs[op.feature]`` or the constant."""
+    """Queue the circuit's gates as PennyLane operations (call inside a QNode). Gate angles are
+    ``params[op.param]`` (indexing keeps PennyLane's trainability tracking, so shared parameters reach its
+    classical Jacobian), ``inputs[op.feature]`` or the constant."""
     import pennylane as qml
 
     for op in circuit.ops:

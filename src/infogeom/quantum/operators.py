@@ -21,8 +21,8 @@ KINDS = ("fubini-study", "qfi", "classical")
 
 
 class BlockDiagonalOperator(CurvatureOperator):
-    """A = ⊕_b A_b: block ``A_b [n_b, n_b]`` acts on the flat coordinates ``index[b]`` (blocks may be any disjoint
-    index sets covering 0..P−1). ``solve`` is exact per block: O(Σ n_b³)."""
+    """A = ⊕_b A_b: block ``A_b [n_b, n_b]`` acts on the flat coordinates ``index[b]`` (blocks may be any
+    disjoint index sets covering 0..P−1). ``solve`` is exact per block: O(Σ n_b³)."""
 
     def __init__(self, blocks: Sequence[torch.Tensor], index: Sequence[Sequence[int]],
                  shapes: Sequence[torch.Size] | None = None, names: Sequence[str] | None = None):
@@ -52,7 +52,8 @@ class BlockDiagonalOperator(CurvatureOperator):
             out[idx[:, None], idx[None, :]] = A
         return out
 
-    def diagonal(self, num_probes: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def diagonal(self, num_probes: int | None = None, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
         if num_probes is not None:
             return super().diagonal(num_probes, generator)
         out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
@@ -93,8 +94,8 @@ def circuit_metric_operator(circuit: Circuit, params: torch.Tensor, inputs: torc
                             kind: str = "fubini-study", approx: str | None = None,
                             shapes: Sequence[torch.Size] | None = None, names: Sequence[str] | None = None
                             ) -> CurvatureOperator:
-    """:func:`circuit_metric` as a CurvatureOperator; block-diagonal when ``approx="block-diag"`` and no parameter
-    is shared between layers."""
+    """:func:`circuit_metric` as a CurvatureOperator; block-diagonal when ``approx="block-diag"`` and no
+    parameter is shared between layers."""
     G = circuit_metric(circuit, params, inputs, kind, approx)
     shapes = shapes if shapes is not None else [torch.Size([circuit.n_params])]
     names = names if names is not None else ["theta"]

@@ -5,9 +5,9 @@ For outputs z(θ) (logits) and a categorical (softmax) or Bernoulli (sigmoid) ou
     G = (1/N) Σ_n J_nᵀ F_out(z_n) J_n,   J_n = ∂z_n/∂θ,
     F_out = diag(p) − p pᵀ (softmax)  or  p(1 − p) (sigmoid),
 
-the Fisher information of the model's predictions restricted to θ (= the GGN of the cross-entropy). For a hybrid
-model "circuit → linear readout W" it is G = (1/N) Σ_n (W J^Z_n)ᵀ F_out (W J^Z_n) with J^Z = ∂⟨Z⟩/∂θ — the metric
-the author of arXiv 2506.15830 found to help where the raw Fubini–Study metric of the circuit hurt.
+the Fisher information of the model's predictions restricted to θ (= the GGN of the cross-entropy). For a
+hybrid model "circuit → linear readout W" it is G = (1/N) Σ_n (W J^Z_n)ᵀ F_out (W J^Z_n) with J^Z = ∂⟨Z⟩/∂θ —
+the metric the author of arXiv 2506.15830 found to help where the raw Fubini–Study metric of the circuit hurt.
 Cost: P forward-mode passes of the model (``torch.func.jacfwd``) plus O(N K P²).
 """
 
@@ -24,7 +24,8 @@ OUTPUTS = ("softmax", "sigmoid")
 
 
 def output_fisher_pullback(logits: torch.Tensor, J: torch.Tensor, output: str = "softmax") -> torch.Tensor:
-    """G ``[P, P]`` from logits ``[..., K]`` (softmax) or ``[...]`` (sigmoid) and J ``[..., K, P]`` / ``[..., P]``."""
+    """G ``[P, P]`` from logits ``[..., K]`` (softmax) or ``[...]`` (sigmoid) and J ``[..., K, P]`` / ``[...,
+    P]``."""
     if output == "softmax":
         p = logits.softmax(-1).reshape(-1, logits.shape[-1])
         J = J.reshape(-1, logits.shape[-1], J.shape[-1])
@@ -40,8 +41,8 @@ def output_fisher_pullback(logits: torch.Tensor, J: torch.Tensor, output: str = 
 
 def pullback_metric(output_fn: Callable[[torch.Tensor], torch.Tensor], params: torch.Tensor,
                     output: str = "softmax") -> torch.Tensor:
-    """G = (1/N) Σ_n J_nᵀ F_out J_n ``[P, P]`` for ``output_fn(params [P]) -> logits [..., K]`` (softmax over the
-    last axis) or ``[...]`` (sigmoid), J by forward-mode autodiff."""
+    """G = (1/N) Σ_n J_nᵀ F_out J_n ``[P, P]`` for ``output_fn(params [P]) -> logits [..., K]`` (softmax over
+    the last axis) or ``[...]`` (sigmoid), J by forward-mode autodiff."""
     if output not in OUTPUTS:
         raise InfogeomError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
     theta = params.detach()

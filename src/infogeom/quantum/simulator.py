@@ -1,16 +1,17 @@
-"""Batched state-vector kernels: apply gates to many states at once, measure probabilities, expectations, samples.
+"""Batched state-vector kernels: apply gates to many states at once, measure probabilities, expectations,
+samples.
 
 Internally a batch of states is a tensor ``[M, B, D]`` with ``D = 2^n`` amplitudes (basis index
 x = Σ_w x_w 2^{n−1−w}, wire 0 most significant, as in PennyLane), ``B`` states and ``M`` channels that share
-each state's gates (the state Jacobian sweep uses ``M = 1 + #parameters``; channel-major so a prefix of channels is
-contiguous). Gate operators carry a leading batch axis of size ``B`` (one angle per state) or 1 (shared). Every kernel is one tensor program over the whole batch; cost per gate is
-O(B·M·D) for diagonal gates and fused runs of fixed permutation/diagonal gates, O(B·M·D·2^k) for a dense
-k-wire gate.
+each state's gates (the state Jacobian sweep uses ``M = 1 + #parameters``; channel-major so a prefix of
+channels is contiguous). Gate operators carry a leading batch axis of size ``B`` (one angle per state) or 1
+(shared). Every kernel is one tensor program over the whole batch; cost per gate is O(B·M·D) for diagonal
+gates and fused runs of fixed permutation/diagonal gates, O(B·M·D·2^k) for a dense k-wire gate.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -18,21 +19,21 @@ import torch
 from .gates import Gate
 
 
-@lru_cache(maxsize=None)
+@cache
 def _bits(n: int) -> np.ndarray:
     """``[D, n]`` bits of every basis index (column w = wire w)."""
     x = np.arange(2**n)
     return (x[:, None] >> (n - 1 - np.arange(n))[None, :]) & 1
 
 
-@lru_cache(maxsize=None)
+@cache
 def _local_index_np(n: int, wires: tuple[int, ...]) -> np.ndarray:
     """Index of each basis state within the sub-space of ``wires`` (first wire most significant)."""
     b = _bits(n)[:, list(wires)]
     return (b * (1 << np.arange(len(wires))[::-1])).sum(axis=1)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _perm_gather_np(n: int, wires: tuple[int, ...], perm: tuple[int, ...]) -> np.ndarray:
     """Gather index g with ψ'[y] = ψ[g[y]] for U|j⟩ = |perm[j]⟩ on ``wires``."""
     inv = np.argsort(perm)
@@ -80,8 +81,8 @@ def _finish(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
 
 def apply_monomial(state: torch.Tensor, gather: torch.Tensor | None, phase: torch.Tensor | None,
                    out: torch.Tensor | None = None) -> torch.Tensor:
-    """ψ'[y] = phase[y] · ψ[gather[y]] on ``state [M, B, D]`` — a fused run of fixed permutation and diagonal gates
-    (a whole CNOT chain costs one gather). ``out``: optional preallocated result (no autograd)."""
+    """ψ'[y] = phase[y] · ψ[gather[y]] on ``state [M, B, D]`` — a fused run of fixed permutation and diagonal
+    gates (a whole CNOT chain costs one gather). ``out``: optional preallocated result (no autograd)."""
     if gather is None:
         return torch.mul(state, phase, out=out)
     state = torch.gather(state, -1, gather.view(1, 1, -1).expand(state.shape), out=out)
@@ -90,9 +91,10 @@ def apply_monomial(state: torch.Tensor, gather: torch.Tensor | None, phase: torc
     return state.mul_(phase) if out is not None else state * phase
 
 
-def monomial_tables(n: int, gates: list[tuple[Gate, tuple[int, ...]]]) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Compose fixed "perm"/"diag" gates (in circuit order) into (gather ``[D]``, phase ``[D]``); None parts are
-    identities. After a perm g': g ← g[g'], phase ← phase[g']; after a diagonal d: phase ← d · phase."""
+def monomial_tables(n: int, gates: list[tuple[Gate, tuple[int, ...]]]
+                    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Compose fixed "perm"/"diag" gates (in circuit order) into (gather ``[D]``, phase ``[D]``); None parts
+    are identities. After a perm g': g ← g[g'], phase ← phase[g']; after a diagonal d: phase ← d · phase."""
     D = 2**n
     g, ph = np.arange(D), np.ones(D, dtype=complex)
     for gate, wires in gates:
@@ -106,8 +108,9 @@ def monomial_tables(n: int, gates: list[tuple[Gate, tuple[int, ...]]]) -> tuple[
 
 def apply_operator(state: torch.Tensor, operator: torch.Tensor, wires: tuple[int, ...], n: int,
                    diagonal: bool, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Apply a (not necessarily unitary) operator on ``wires`` to ``state [M, B, D]``: ``operator`` is ``[B|1, d]``
-    (diagonal) or ``[B|1, d, d]``, d = 2^len(wires). ``out``: optional preallocated result (no autograd)."""
+    """Apply a (not necessarily unitary) operator on ``wires`` to ``state [M, B, D]``: ``operator`` is ``[B|1,
+    d]`` (diagonal) or ``[B|1, d, d]``, d = 2^len(wires). ``out``: optional preallocated result (no
+    autograd)."""
     M, B, D = state.shape
     if diagonal:
         return torch.mul(state, operator[:, local_index(n, wires, state.device)], out=out)
@@ -115,17 +118,19 @@ def apply_operator(state: torch.Tensor, operator: torch.Tensor, wires: tuple[int
         w = wires[0]
         shape = (M, B, 2**w, 2, 2 ** (n - w - 1))
         if shape[-1] >= 4:  # batched 2×2 @ 2×R matmuls
-            res = torch.matmul(operator[:, None], state.reshape(shape), out=None if out is None else out.view(shape))
+            res = torch.matmul(operator[:, None], state.reshape(shape),
+                               out=None if out is None else out.view(shape))
             return res.reshape(M, B, D) if out is None else out
         # last wires (R ≤ 2): elementwise, matmul would broadcast the operator to every row
         s = state.reshape(shape)
         u = operator.reshape(1, -1, 1, 2, 2, 1)
+        s0, s1 = s[:, :, :, 0], s[:, :, :, 1]
         if out is None:
-            return torch.stack([s[:, :, :, 0] * u[..., 0, 0, :] + s[:, :, :, 1] * u[..., 0, 1, :],
-                                s[:, :, :, 0] * u[..., 1, 0, :] + s[:, :, :, 1] * u[..., 1, 1, :]], dim=3).reshape(M, B, D)
+            rows = [s0 * u[..., i, 0, :] + s1 * u[..., i, 1, :] for i in range(2)]
+            return torch.stack(rows, dim=3).reshape(M, B, D)
         o = out.view(shape)
         for i in range(2):
-            torch.mul(s[:, :, :, 0], u[..., i, 0, :], out=o[:, :, :, i]).addcmul_(s[:, :, :, 1], u[..., i, 1, :])
+            torch.mul(s0, u[..., i, 0, :], out=o[:, :, :, i]).addcmul_(s1, u[..., i, 1, :])
         return out
     k = len(wires)
     axes = [2 + w for w in wires]
@@ -135,7 +140,7 @@ def apply_operator(state: torch.Tensor, operator: torch.Tensor, wires: tuple[int
     return _finish(res.reshape(shape).movedim(list(range(2 + n - k, 2 + n)), axes).reshape(M, B, D), out)
 
 
-# ---- measurement ----------------------------------------------------------------------------------------------
+# ---- measurement -------------------------------------------------------------------------------------------
 def flat_state(state: torch.Tensor, n: int) -> torch.Tensor:
     """``[..., 2, …, 2]`` or ``[..., D]`` -> ``[..., D]``."""
     return state.reshape(*state.shape[: state.ndim - n], 2**n) if state.shape[-1] == 2 and n > 1 else state
