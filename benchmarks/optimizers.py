@@ -125,7 +125,9 @@ def report(best: dict[str, Run], target: float) -> list[dict]:
 
 
 def fmt(v, spec: str) -> str:
-    return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+    """``format(v, spec)``, or a dash of the same width for a missing value."""
+    missing = v is None or (isinstance(v, float) and not math.isfinite(v))
+    return format("—", f">{spec.strip('>').split('.')[0].rstrip('dfg')}") if missing else format(v, spec)
 
 
 def plot(best: dict[str, Run], runs: list[Run], target: float, path: Path) -> None:

@@ -147,11 +147,11 @@ def main(argv=None) -> None:
     ap.add_argument("--pl-sets", type=int, default=2, help="extra PennyLane sets timed for the batch estimate")
     ap.add_argument("--budget", type=float, default=180.0, help="skip a PennyLane call predicted above this (s)")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch.set_num_threads (default 1: PennyLane's numpy kernels use one core too)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/quantum.json"))
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     sizes = SIZES[:2] if args.quick else SIZES
     repeats = 3 if args.quick else args.repeats
     print(HEADER)

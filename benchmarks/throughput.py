@@ -93,8 +93,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="untimed first steps per run (default 10)")
     parser.add_argument("--repeats", type=int, help="bare/Trainer pairs (default 3, quick 2)")
     parser.add_argument("--corpus", default="shakespeare", help="corpus (default shakespeare)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON output (default {RESULTS})")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     steps = args.steps or (30 if args.quick else 60)
     repeats = args.repeats or (2 if args.quick else 3)
     size = (["model.n_layer=2", "model.n_embd=64", "model.block_size=64", "data.block_size=64",

@@ -248,3 +248,7 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
     assert max(r["step"] for r in read_jsonl(metrics)) == step
     model, _, cfg = load_model(ckpts[0])  # complete and readable
     assert cfg.max_steps == 100000
+    # Continue through the CLI: the checkpoint's config is the base, --max-steps changes only the length.
+    assert cli("train", "--out", out, "--resume", "latest", "--max-steps", step + 3) == 0
+    assert sorted((out / "checkpoints").glob("ckpt_*.pt"))[-1].name == f"ckpt_{step + 3:08d}.pt"
+    assert [r["step"] for r in read_jsonl(metrics) if "loss" in r][-3:] == [step + 1, step + 2, step + 3]

@@ -56,7 +56,9 @@ def test_sam_first_order_closed_form():
     rho = 0.3
     res = ball_sharpness(f, theta, rho=rho)
     gh = g / torch.linalg.vector_norm(g)
-    assert math.isclose(res.value, float(rho * torch.linalg.vector_norm(g) + 0.5 * rho**2 * gh @ A @ gh), rel_tol=1e-12)
+    assert math.isclose(
+        res.value, float(rho * torch.linalg.vector_norm(g) + 0.5 * rho**2 * gh @ A @ gh), rel_tol=1e-12
+    )
     assert math.isclose(res.epsilon_norm, rho, rel_tol=1e-12)
 
 
@@ -133,9 +135,17 @@ def test_fisher_rao_sharpness_matches_dense_generalized_eigh(gpt_curvatures):
     solve keeps the test fast; FisherOperator's own CG solve is the geometry module's, tested there)."""
     model, batch, H, F = gpt_curvatures
     damping = 0.05
-    ref = scipy.linalg.eigh(H.numpy(), (F + damping * torch.eye(len(F), dtype=F64)).numpy(), eigvals_only=True)
-    res = fisher_rao_sharpness(HessianOperator(model, batch), DenseOperator(F), damping=damping, k=2, tol=1e-9,
-                               generator=torch.Generator().manual_seed(0))
+    ref = scipy.linalg.eigh(
+        H.numpy(), (F + damping * torch.eye(len(F), dtype=F64)).numpy(), eigvals_only=True
+    )
+    res = fisher_rao_sharpness(
+        HessianOperator(model, batch),
+        DenseOperator(F),
+        damping=damping,
+        k=2,
+        tol=1e-9,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert res.converged
     assert torch.allclose(res.values, torch.tensor(ref[::-1][:2].copy()), rtol=1e-7)
     with pytest.raises(InfogeomError):
@@ -151,8 +161,13 @@ def test_fisher_rao_sharpness_is_reparameterization_invariant():
     F = Y @ Y.T / 30 + 0.1 * torch.eye(30, dtype=F64)
     M = torch.randn(30, 30, generator=g, dtype=F64) + 5 * torch.eye(30, dtype=F64)
     a = fisher_rao_sharpness(DenseOperator(H), DenseOperator(F), damping=1e-3, tol=1e-10, generator=g)
-    b = fisher_rao_sharpness(DenseOperator(M.T @ H @ M), DenseOperator(M.T @ (F + 1e-3 * torch.eye(30, dtype=F64)) @ M),
-                             damping=1e-15, tol=1e-10, generator=g)
+    b = fisher_rao_sharpness(
+        DenseOperator(M.T @ H @ M),
+        DenseOperator(M.T @ (F + 1e-3 * torch.eye(30, dtype=F64)) @ M),
+        damping=1e-15,
+        tol=1e-10,
+        generator=g,
+    )
     assert math.isclose(float(a.values[0]), float(b.values[0]), rel_tol=1e-6)
     plain = torch.linalg.eigvalsh(M.T @ H @ M)[-1]
     assert not math.isclose(float(torch.linalg.eigvalsh(H)[-1]), float(plain), rel_tol=1e-2)
@@ -177,8 +192,9 @@ def test_adam_preconditioner_replays_adam_moments_and_preconditioned_sharpness(g
     assert torch.allclose(P.diagonal(), expected, rtol=1e-12)
     d = expected.rsqrt()
     ref = torch.linalg.eigvalsh(d[:, None] * H * d[None, :])
-    res = preconditioned_sharpness(HessianOperator(model, batch), P, k=2, tol=1e-9,
-                                   generator=torch.Generator().manual_seed(0))
+    res = preconditioned_sharpness(
+        HessianOperator(model, batch), P, k=2, tol=1e-9, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.allclose(res.values, ref.flip(0)[:2], rtol=1e-7)
     info = optimizer_sharpness(HessianOperator(model, batch), opt, trained, tol=1e-9)
     assert info["kind"] == "adam" and math.isclose(info["threshold"], (2 + 2 * 0.8) / (0.2 * 1e-2))

@@ -25,7 +25,9 @@ F64 = torch.float64
 
 def known_spectrum(P=200, seed=0):
     g = torch.Generator().manual_seed(seed)
-    evals = torch.cat([torch.tensor([10.0, 9.7, 9.4, -6.0], dtype=F64), torch.rand(P - 4, generator=g, dtype=F64) * 2 - 1])
+    evals = torch.cat(
+        [torch.tensor([10.0, 9.7, 9.4, -6.0], dtype=F64), torch.rand(P - 4, generator=g, dtype=F64) * 2 - 1]
+    )
     U, _ = torch.linalg.qr(torch.randn(P, P, generator=g, dtype=F64))
     return U @ torch.diag(evals) @ U.T, evals
 
@@ -36,8 +38,9 @@ def gpt_hessian():
     return model, batch, dense_hessian(model, batch)
 
 
-@pytest.mark.parametrize("which, expected", [("LA", [10.0, 9.7, 9.4]), ("SA", [-6.0, -1.0, -1.0]),
-                                             ("LM", [10.0, 9.7, 9.4])])
+@pytest.mark.parametrize(
+    "which, expected", [("LA", [10.0, 9.7, 9.4]), ("SA", [-6.0, -1.0, -1.0]), ("LM", [10.0, 9.7, 9.4])]
+)
 def test_eigsh_known_spectrum(which, expected):
     A, evals = known_spectrum()
     sorted_evals = torch.sort(evals).values
@@ -47,7 +50,9 @@ def test_eigsh_known_spectrum(which, expected):
     assert res.converged
     assert torch.allclose(res.values, torch.tensor(expected, dtype=F64), atol=1e-8)
     # explicit residuals, recomputed from the matrix itself
-    assert torch.allclose(res.residuals, torch.linalg.vector_norm(A @ res.vectors - res.vectors * res.values, dim=0))
+    assert torch.allclose(
+        res.residuals, torch.linalg.vector_norm(A @ res.vectors - res.vectors * res.values, dim=0)
+    )
     assert (res.residuals <= 1e-8 * res.values.abs() * 1.01).all()
     assert torch.allclose(res.vectors.T @ res.vectors, torch.eye(3, dtype=F64), atol=1e-10)
 
@@ -83,15 +88,21 @@ def test_eigsh_bad_input():
 
 def test_power_iteration_known_spectrum():
     A, _ = known_spectrum(P=100)
-    res = power_iteration(DenseOperator(A), k=2, tol=1e-7, max_iter=5000, generator=torch.Generator().manual_seed(0))
+    res = power_iteration(
+        DenseOperator(A), k=2, tol=1e-7, max_iter=5000, generator=torch.Generator().manual_seed(0)
+    )
     assert res.converged
     assert torch.allclose(res.values, torch.tensor([10.0, 9.7], dtype=F64), atol=1e-8)
-    assert torch.allclose(res.residuals, torch.linalg.vector_norm(A @ res.vectors - res.vectors * res.values, dim=0))
+    assert torch.allclose(
+        res.residuals, torch.linalg.vector_norm(A @ res.vectors - res.vectors * res.values, dim=0)
+    )
 
 
 def test_power_iteration_reports_nonconvergence():
     A, _ = known_spectrum(P=100)
-    res = power_iteration(DenseOperator(A), k=1, tol=1e-12, max_iter=5, generator=torch.Generator().manual_seed(0))
+    res = power_iteration(
+        DenseOperator(A), k=1, tol=1e-12, max_iter=5, generator=torch.Generator().manual_seed(0)
+    )
     assert not res.converged and res.matvecs == 5
 
 
@@ -102,8 +113,9 @@ def test_gpt_hessian_eigenpairs_match_dense(gpt_hessian):
     top = eigsh(op, k=3, tol=1e-9, generator=torch.Generator().manual_seed(0))
     assert top.converged
     assert torch.allclose(top.values, evals.flip(0)[:3], rtol=1e-7, atol=1e-10)
-    assert torch.allclose(top.residuals, torch.linalg.vector_norm(H @ top.vectors - top.vectors * top.values, dim=0),
-                          atol=1e-10)
+    assert torch.allclose(
+        top.residuals, torch.linalg.vector_norm(H @ top.vectors - top.vectors * top.values, dim=0), atol=1e-10
+    )
     bottom = eigsh(op, k=2, which="SA", tol=1e-9, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(bottom.values, evals[:2], rtol=1e-7, atol=1e-10)
     power = power_iteration(op, k=1, tol=1e-6, max_iter=3000, generator=torch.Generator().manual_seed(0))
@@ -112,7 +124,9 @@ def test_gpt_hessian_eigenpairs_match_dense(gpt_hessian):
 
 def test_hutchinson_within_stderr_and_stderr_matches_theory(gpt_hessian):
     model, batch, H = gpt_hessian
-    est = hutchinson(HessianOperator(model, batch), num_probes=256, generator=torch.Generator().manual_seed(0))
+    est = hutchinson(
+        HessianOperator(model, batch), num_probes=256, generator=torch.Generator().manual_seed(0)
+    )
     assert abs(est.value - float(H.trace())) <= 4 * est.stderr
     # Var(vᵀHv) = 2(‖H‖_F² − Σ H_ii²) for Rademacher v
     sd = math.sqrt(2 * (float((H**2).sum()) - float((H.diagonal() ** 2).sum())))
@@ -168,8 +182,9 @@ def test_lanczos_quadrature_is_gauss_exact():
 def test_slq_density_moments_match_dense_gpt_hessian(gpt_hessian):
     model, batch, H = gpt_hessian
     evals = torch.linalg.eigvalsh(H)
-    sd = spectral_density(HessianOperator(model, batch), num_probes=8, steps=30,
-                          generator=torch.Generator().manual_seed(0))
+    sd = spectral_density(
+        HessianOperator(model, batch), num_probes=8, steps=30, generator=torch.Generator().manual_seed(0)
+    )
     P = H.shape[0]
     for k in (1, 2, 3, 4):
         exact = float((evals**k).sum()) / P
@@ -186,9 +201,15 @@ def test_slq_density_is_broadened_spectrum_when_krylov_space_is_full():
     evals = torch.tensor([-1.0, 0.5, 2.0, 4.0], dtype=F64)
     U, _ = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(0), dtype=F64))
     A = U @ torch.diag(evals) @ U.T
-    sd = spectral_density(DenseOperator(A), num_probes=2, steps=4, sigma=0.1, generator=torch.Generator().manual_seed(1))
+    sd = spectral_density(
+        DenseOperator(A), num_probes=2, steps=4, sigma=0.1, generator=torch.Generator().manual_seed(1)
+    )
     v = rademacher((4, 2), F64, generator=torch.Generator().manual_seed(1))
     w_true = ((U.T @ v) ** 2 / 4).T  # [probes, eigen]
-    expected = sum(w_true[:, j].mean() * torch.exp(-0.5 * ((sd.grid - evals[j]) / 0.1) ** 2) / (0.1 * math.sqrt(2 * math.pi))
-                   for j in range(4))
+    expected = sum(
+        w_true[:, j].mean()
+        * torch.exp(-0.5 * ((sd.grid - evals[j]) / 0.1) ** 2)
+        / (0.1 * math.sqrt(2 * math.pi))
+        for j in range(4)
+    )
     assert torch.allclose(sd.density, expected, atol=1e-8)

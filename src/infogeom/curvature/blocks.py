@@ -9,7 +9,8 @@ curvature seen by a per-block optimizer). Partitions of an operator's parameters
 - ``sublayer`` — per transformer layer i: ``layer{i}.attn``, ``layer{i}.mlp``, ``layer{i}.ln_1`` …; parameters
   outside the layers (embeddings, final norm, head) are grouped by module;
 - ``layer``    — per transformer layer (``blocks.i`` / ``h.i`` / ``layers.i``), others by module;
-- ``head``     — per attention head h of each layer: the rows of c_attn (and its bias) producing q, k, v of head
+- ``head``     — per attention head h of each layer: the rows of c_attn (and its bias) producing q, k, v of
+  head
   h plus the columns of c_proj consuming head h's output (nn.Linear layout [out, in] as in infogeom's GPT, or
   Hugging Face Conv1D layout [in, out], detected from c_attn's shape). Other parameters are not in any block.
 
@@ -58,8 +59,9 @@ def _group_key(name: str, granularity: str) -> str:
     return f"layer{layer}" if granularity == "layer" else f"layer{layer}.{part}"
 
 
-def _head_blocks(names: Sequence[str], shapes: Sequence[torch.Size], offsets: Sequence[int], n_head: int
-                 ) -> dict[str, torch.Tensor]:
+def _head_blocks(
+    names: Sequence[str], shapes: Sequence[torch.Size], offsets: Sequence[int], n_head: int
+) -> dict[str, torch.Tensor]:
     ids = {n: o + torch.arange(torch.Size(s).numel()).reshape(s) for n, s, o in zip(names, shapes, offsets)}
     blocks: dict[str, list[torch.Tensor]] = {}
     for name in names:
@@ -87,8 +89,9 @@ def _head_blocks(names: Sequence[str], shapes: Sequence[torch.Size], offsets: Se
     return {k: torch.cat(v) for k, v in blocks.items()}
 
 
-def parameter_blocks(op: CurvatureOperator, granularity: str = "tensor", n_head: int | None = None
-                     ) -> dict[str, torch.Tensor]:
+def parameter_blocks(
+    op: CurvatureOperator, granularity: str = "tensor", n_head: int | None = None
+) -> dict[str, torch.Tensor]:
     """Partition ``op``'s flat coordinates into named blocks (``granularity`` as in the module doc); returns
     ``{block name: flat index [p]}`` in parameter order. ``n_head`` is required for 'head'."""
     if granularity not in GRANULARITIES:
@@ -135,14 +138,27 @@ class BlockSpectra:
     summary: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"names": self.names, "sizes": self.sizes, "grid": self.grid.tolist(),
-                "densities": self.densities.tolist(), "sigma": self.sigma, "js_distance": self.js.tolist(),
-                "heterogeneity": self.heterogeneity, "blocks": self.summary}
+        return {
+            "names": self.names,
+            "sizes": self.sizes,
+            "grid": self.grid.tolist(),
+            "densities": self.densities.tolist(),
+            "sigma": self.sigma,
+            "js_distance": self.js.tolist(),
+            "heterogeneity": self.heterogeneity,
+            "blocks": self.summary,
+        }
 
 
-def block_spectra(op: CurvatureOperator, blocks: dict[str, torch.Tensor], num_probes: int = 2, steps: int = 32,
-                  sigma_rel: float = 0.01, num_points: int = 512, generator: torch.Generator | None = None
-                  ) -> BlockSpectra:
+def block_spectra(
+    op: CurvatureOperator,
+    blocks: dict[str, torch.Tensor],
+    num_probes: int = 2,
+    steps: int = 32,
+    sigma_rel: float = 0.01,
+    num_points: int = 512,
+    generator: torch.Generator | None = None,
+) -> BlockSpectra:
     """SLQ densities of the diagonal blocks A_SS for ``blocks`` (from :func:`parameter_blocks`) and their
     heterogeneity. Cost: ``steps`` products of [P, nb·num_probes] masked vectors (all blocks at once).
     Per-block summary: size, λ_max and λ_min estimates (extreme Ritz values), trace estimate size·∫tρ."""
@@ -152,7 +168,7 @@ def block_spectra(op: CurvatureOperator, blocks: dict[str, torch.Tensor], num_pr
     nb, n = len(names), int(num_probes)
     mask = torch.zeros(op.dim, nb * n, dtype=op.dtype, device=op.device)
     for b, name in enumerate(names):
-        mask[blocks[name].to(op.device), b * n:(b + 1) * n] = 1
+        mask[blocks[name].to(op.device), b * n : (b + 1) * n] = 1
     probes = rademacher((op.dim, nb * n), op.dtype, op.device, generator) * mask
     m = min(int(steps), max(int(v.numel()) for v in blocks.values()))
     nodes, weights = lanczos_quadrature(lambda V: mask * op.matmat(V), probes, m, generator, support=mask)
@@ -172,6 +188,10 @@ def block_spectra(op: CurvatureOperator, blocks: dict[str, torch.Tensor], num_pr
     summary = {}
     for b, name in enumerate(names):
         lv = nodes[b][live[b]]
-        summary[name] = {"size": sizes[b], "lambda_max": float(lv.max()), "lambda_min": float(lv.min()),
-                         "trace": sizes[b] * float((weights[b] * nodes[b]).sum(1).mean())}
+        summary[name] = {
+            "size": sizes[b],
+            "lambda_max": float(lv.max()),
+            "lambda_min": float(lv.min()),
+            "trace": sizes[b] * float((weights[b] * nodes[b]).sum(1).mean()),
+        }
     return BlockSpectra(names, sizes, grid, densities, nodes, weights, sigma, js, heterogeneity, summary)

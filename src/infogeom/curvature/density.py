@@ -1,15 +1,20 @@
 """Spectral density by stochastic Lanczos quadrature (SLQ; Ubaru, Chen & Saad 2017; Ghorbani et al. 2019).
 
-The empirical spectral density of a symmetric P×P operator is ρ(t) = (1/P) Σ_j δ(t − λ_j). For a Rademacher probe
-v, vᵀ f(A) v / vᵀv = Σ_j (u_jᵀv)²/P f(λ_j) is a quadrature against ρ that m Lanczos steps from v/‖v‖ approximate
+The empirical spectral density of a symmetric P×P operator is ρ(t) = (1/P) Σ_j δ(t − λ_j). For a Rademacher
+probe
+v, vᵀ f(A) v / vᵀv = Σ_j (u_jᵀv)²/P f(λ_j) is a quadrature against ρ that m Lanczos steps from v/‖v‖
+approximate
 by Gauss quadrature with nodes θ_i = eig(T_m) and weights w_i = (first component of T_m's i-th eigenvector)²
-(Σ_i w_i = 1; exact for polynomials of degree ≤ 2m − 1). Averaging n probes and replacing each node by a Gaussian
+(Σ_i w_i = 1; exact for polynomials of degree ≤ 2m − 1). Averaging n probes and replacing each node by a
+Gaussian
 of width σ gives
 
     ρ̂(t) = (1/n) Σ_probes Σ_i w_i N(t; θ_i, σ²),
 
-whose moments (without the broadening) estimate tr(A^k)/P: ∫t^k ρ = (1/n) Σ Σ w_i θ_i^k (unbiased for k ≤ 2m−1).
-Note the weights are the squared *first components*, not whole eigenvectors (PyHessian PR #23 fixed exactly that).
+whose moments (without the broadening) estimate tr(A^k)/P: ∫t^k ρ = (1/n) Σ Σ w_i θ_i^k (unbiased for k ≤
+2m−1).
+Note the weights are the squared *first components*, not whole eigenvectors (PyHessian PR #23 fixed exactly
+that).
 Cost: n·m operator products (probes batched in one ``matmat`` per step), memory O(n·m·P).
 """
 
@@ -48,9 +53,15 @@ class SpectralDensity:
         return float(per_probe.std() / math.sqrt(n)) if n > 1 else float("nan")
 
     def to_dict(self) -> dict:
-        return {"grid": self.grid.tolist(), "density": self.density.tolist(), "nodes": self.nodes.tolist(),
-                "weights": self.weights.tolist(), "sigma": self.sigma, "dim": self.dim,
-                "trace_estimate": self.dim * self.moment(1)}
+        return {
+            "grid": self.grid.tolist(),
+            "density": self.density.tolist(),
+            "nodes": self.nodes.tolist(),
+            "weights": self.weights.tolist(),
+            "sigma": self.sigma,
+            "dim": self.dim,
+            "trace_estimate": self.dim * self.moment(1),
+        }
 
 
 def broaden(nodes: torch.Tensor, weights: torch.Tensor, grid: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -70,16 +81,25 @@ def default_sigma(nodes: torch.Tensor, sigma_rel: float = 0.01) -> float:
 
 def default_grid(nodes: torch.Tensor, sigma: float, num_points: int = 512) -> torch.Tensor:
     """``num_points`` equispaced points over [min θ − 5σ, max θ + 5σ]."""
-    return torch.linspace(float(nodes.min()) - 5 * sigma, float(nodes.max()) + 5 * sigma, num_points,
-                          dtype=torch.float64)
+    return torch.linspace(
+        float(nodes.min()) - 5 * sigma, float(nodes.max()) + 5 * sigma, num_points, dtype=torch.float64
+    )
 
 
-def spectral_density(op: CurvatureOperator, num_probes: int = 4, steps: int = 64, sigma: float | None = None,
-                     sigma_rel: float = 0.01, num_points: int = 512, grid: torch.Tensor | None = None,
-                     generator: torch.Generator | None = None) -> SpectralDensity:
+def spectral_density(
+    op: CurvatureOperator,
+    num_probes: int = 4,
+    steps: int = 64,
+    sigma: float | None = None,
+    sigma_rel: float = 0.01,
+    num_points: int = 512,
+    grid: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> SpectralDensity:
     """SLQ spectral density of ``op`` from ``num_probes`` Rademacher probes × ``steps`` Lanczos steps.
 
-    ``sigma`` (absolute) overrides ``sigma_rel`` (relative to the node range); ``grid`` overrides the default grid.
+    ``sigma`` (absolute) overrides ``sigma_rel`` (relative to the node range); ``grid`` overrides the default
+    grid.
     """
     if int(num_probes) < 1:
         raise InfogeomError(f"need at least one probe, got {num_probes}")

@@ -3,13 +3,16 @@
 One Krylov engine serves three estimators:
 
 - :func:`eigsh` — top-k eigenpairs of a symmetric A (thick-restart Lanczos, Wu & Simon 2000), stopped by a
-  residual test ‖A v − θ v‖ ≤ tol·max(|θ|, ε‖A‖) rather than a fixed iteration count;
-- :func:`generalized_eigsh` — the pencil A v = θ B v with B symmetric positive definite (Lanczos on B⁻¹A in the
+  residual test ‖A v − θ v‖ ≤ max(tol·|θ|, 10ε‖A‖) rather than a fixed iteration count;
+- :func:`generalized_eigsh` — the pencil A v = θ B v with B symmetric positive definite (Lanczos on B⁻¹A in
+  the
   B-inner product ⟨u, v⟩_B = uᵀBv); used for preconditioned and Fisher–Rao sharpness;
-- :func:`lanczos_quadrature` — m-point Gauss quadrature nodes/weights of vᵀ f(A) v for a batch of probes (SLQ).
+- :func:`lanczos_quadrature` — m-point Gauss quadrature nodes/weights of vᵀ f(A) v for a batch of probes
+  (SLQ).
 
 The basis Q is kept B-orthonormal by two passes of classical Gram–Schmidt per step ("twice is enough") and the
-projected matrix T = Qᵀ A Q is stored densely (tridiagonal up to round-off). With r the current residual vector,
+projected matrix T = Qᵀ A Q is stored densely (tridiagonal up to round-off). With r the current residual
+vector,
 A Q = B Q T + r e_mᵀ, so the Ritz pair (θ_i, Q y_i) has residual |y_{m,i}|·‖r‖ (in B⁻¹-norm) for free. A thick
 restart keeps the wanted Ritz vectors and continues from r, which keeps memory at ``max_basis`` vectors.
 Cost per step: one operator product (plus one B product and one B-solve for the generalized problem) and
@@ -34,7 +37,8 @@ WHICH = ("LA", "SA", "LM")
 @dataclass
 class EigenResult:
     """Eigenpairs ``values [k]`` (ordered by ``which``), ``vectors [P, k]`` (B-orthonormal), explicit residual
-    norms ``residuals [k]`` = ‖A v − θ B v‖, ``converged`` (all k passed the test) and ``matvecs`` (A products)."""
+    norms ``residuals [k]`` = ‖A v − θ B v‖, ``converged`` (all k passed the test) and ``matvecs`` (A
+    products)."""
 
     values: torch.Tensor
     vectors: torch.Tensor
@@ -43,22 +47,35 @@ class EigenResult:
     matvecs: int
 
     def to_dict(self) -> dict:
-        return {"eigenvalues": self.values.tolist(), "residuals": self.residuals.tolist(),
-                "converged": self.converged, "matvecs": self.matvecs}
+        return {
+            "eigenvalues": self.values.tolist(),
+            "residuals": self.residuals.tolist(),
+            "converged": self.converged,
+            "matvecs": self.matvecs,
+        }
 
 
 class KrylovBasis:
     """B-orthonormal Krylov bases for ``b`` independent start vectors at once (batched over columns).
 
-    ``apply(V [P, b]) -> S V`` with S = B⁻¹A (or A); ``metric(V) -> B V`` (None: B = I). ``Q [b, capacity, P]``,
+    ``apply(V [P, b]) -> S V`` with S = B⁻¹A (or A); ``metric(V) -> B V`` (None: B = I). ``Q [b, capacity,
+    P]``,
     ``T [b, capacity, capacity]``; ``size`` vectors are in use. After a breakdown (invariant subspace found,
-    ‖r‖ ≈ 0) the next vector is a random one orthogonalized against the basis, so T stays block-diagonal there;
+    ‖r‖ ≈ 0) the next vector is a random one orthogonalized against the basis, so T stays block-diagonal
+    there;
     ``support [P, b]`` (0/1) confines those random vectors to each column's coordinates (``apply`` must keep
     them there too), and once a column's space is exhausted its further vectors are zero (Ritz weight 0).
     """
 
-    def __init__(self, apply: MatMat, start: torch.Tensor, capacity: int, metric: MatMat | None = None,
-                 generator: torch.Generator | None = None, support: torch.Tensor | None = None):
+    def __init__(
+        self,
+        apply: MatMat,
+        start: torch.Tensor,
+        capacity: int,
+        metric: MatMat | None = None,
+        generator: torch.Generator | None = None,
+        support: torch.Tensor | None = None,
+    ):
         P, b = start.shape
         self.apply, self.metric, self.generator = apply, metric, generator
         self.support = None if support is None else support.T.to(start.dtype)
@@ -86,7 +103,8 @@ class KrylovBasis:
         return w, h
 
     def _fresh_direction(self, rows: torch.Tensor) -> None:
-        """Replace the residual of the broken-down ``rows`` by a random direction B-orthogonal to the basis."""
+        """Replace the residual of the broken-down ``rows`` by a random direction B-orthogonal to the
+        basis."""
         P = self.Q.shape[2]
         noise = torch.randn(self.r.shape[0], P, generator=self.generator, dtype=torch.float64)
         noise = noise.to(dtype=self.dtype, device=self.device)
@@ -94,7 +112,9 @@ class KrylovBasis:
             noise = noise * self.support
         noise, _ = self._orthogonalize(noise, self.size)
         Bn, nb = self._b_norm(noise)
-        exhausted = nb <= 1e3 * torch.finfo(self.dtype).eps * torch.linalg.vector_norm(noise, dim=1).clamp_min(1)
+        exhausted = nb <= 1e3 * torch.finfo(self.dtype).eps * torch.linalg.vector_norm(
+            noise, dim=1
+        ).clamp_min(1)
         scale = torch.where(exhausted, torch.zeros_like(nb), 1 / nb.clamp_min(torch.finfo(self.dtype).tiny))
         keep = ~rows[:, None]
         self.r = torch.where(keep, self.r, noise * scale[:, None])
@@ -126,7 +146,8 @@ class KrylovBasis:
         self.scale = torch.maximum(self.scale, h.abs().amax(1))
 
     def ritz(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ritz values ``[b, m]`` (ascending) and coordinates ``Y [b, m, m]`` of the current projected matrix."""
+        """Ritz values ``[b, m]`` (ascending) and coordinates ``Y [b, m, m]`` of the current projected
+        matrix."""
         m = self.size
         return torch.linalg.eigh(self.T[:, :m, :m])
 
@@ -155,9 +176,21 @@ def _order(theta: torch.Tensor, which: str) -> torch.Tensor:
     return torch.argsort(theta.abs(), descending=True)
 
 
-def _krylov_eigsh(apply: MatMat, dim: int, dtype: torch.dtype, device: torch.device, k: int, which: str,
-                  tol: float, max_basis: int | None, max_matvecs: int | None, generator: torch.Generator | None,
-                  metric: MatMat | None, v0: torch.Tensor | None, progress: bool) -> tuple:
+def _krylov_eigsh(
+    apply: MatMat,
+    dim: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    k: int,
+    which: str,
+    tol: float,
+    max_basis: int | None,
+    max_matvecs: int | None,
+    generator: torch.Generator | None,
+    metric: MatMat | None,
+    v0: torch.Tensor | None,
+    progress: bool,
+) -> tuple:
     if which not in WHICH:
         raise InfogeomError(f"unknown which={which!r}; choose one of {', '.join(WHICH)}")
     if not 1 <= k <= dim:
@@ -182,8 +215,12 @@ def _krylov_eigsh(apply: MatMat, dim: int, dtype: torch.dtype, device: torch.dev
         theta, Y = basis.ritz()
         wanted = _order(theta[0], which)[:k]
         res = basis.residual_estimates(Y)[0, wanted]
-        floor = eps * theta[0].abs().max()
-        converged = bool((res <= tol * torch.maximum(theta[0, wanted].abs(), floor)).all()) or basis.size == dim
+        floor = (
+            10 * eps * theta[0].abs().max()
+        )  # residuals below this are round-off (float32: ≈ 1e-6 relative)
+        converged = (
+            bool((res <= torch.clamp(tol * theta[0, wanted].abs(), min=floor)).all()) or basis.size == dim
+        )
         if converged:
             break
         if basis.size == capacity:
@@ -196,31 +233,63 @@ def _krylov_eigsh(apply: MatMat, dim: int, dtype: torch.dtype, device: torch.dev
     return theta[0, wanted], vectors, basis.residual_estimates(Y)[0, wanted], converged, basis.matvecs
 
 
-def eigsh(op: CurvatureOperator, k: int = 1, which: str = "LA", tol: float = 1e-4, max_basis: int | None = None,
-          max_matvecs: int | None = None, generator: torch.Generator | None = None,
-          v0: torch.Tensor | None = None, residuals: bool = True, progress: bool = False) -> EigenResult:
+def eigsh(
+    op: CurvatureOperator,
+    k: int = 1,
+    which: str = "LA",
+    tol: float = 1e-4,
+    max_basis: int | None = None,
+    max_matvecs: int | None = None,
+    generator: torch.Generator | None = None,
+    v0: torch.Tensor | None = None,
+    residuals: bool = True,
+    progress: bool = False,
+) -> EigenResult:
     """Top-k eigenpairs of the symmetric operator ``op`` (``which``: 'LA' largest algebraic, 'SA' smallest,
     'LM' largest magnitude) by thick-restart Lanczos with full re-orthogonalization.
 
-    Stops when every wanted Ritz pair has ‖A v − θ v‖ ≤ ``tol``·max(|θ|, ε·max|θ|) (estimated from the Krylov
-    relation), or after ``max_matvecs`` products (``converged=False``). ``max_basis`` vectors are stored
+    Stops when every wanted Ritz pair has ‖A v − θ v‖ ≤ max(``tol``·|θ|, 10ε·max|θ|) (estimated from the
+    Krylov
+    relation; ε the dtype's machine epsilon), or after ``max_matvecs`` products (``converged=False``).
+    ``max_basis`` vectors are stored
     (default max(2k + 20, 40)). The explicit residuals ‖A v − θ v‖ cost k extra products (``residuals=False``
     skips them and returns the Krylov estimates |y_m|·‖r‖ instead).
     """
-    values, vectors, res, converged, matvecs = _krylov_eigsh(op.matmat, op.dim, op.dtype, op.device, k, which,
-                                                              tol, max_basis, max_matvecs, generator, None, v0,
-                                                              progress)
+    values, vectors, res, converged, matvecs = _krylov_eigsh(
+        op.matmat,
+        op.dim,
+        op.dtype,
+        op.device,
+        k,
+        which,
+        tol,
+        max_basis,
+        max_matvecs,
+        generator,
+        None,
+        v0,
+        progress,
+    )
     if residuals:
         res = torch.linalg.vector_norm(op.matmat(vectors) - vectors * values, dim=0)
         matvecs += k
     return EigenResult(values, vectors, res, converged, matvecs)
 
 
-def generalized_eigsh(A: CurvatureOperator, B: CurvatureOperator, k: int = 1, damping: float = 0.0,
-                      which: str = "LA", tol: float = 1e-4, solve_tol: float = 1e-8,
-                      max_basis: int | None = None, max_matvecs: int | None = None,
-                      generator: torch.Generator | None = None, residuals: bool = True,
-                      progress: bool = False) -> EigenResult:
+def generalized_eigsh(
+    A: CurvatureOperator,
+    B: CurvatureOperator,
+    k: int = 1,
+    damping: float = 0.0,
+    which: str = "LA",
+    tol: float = 1e-4,
+    solve_tol: float = 1e-8,
+    max_basis: int | None = None,
+    max_matvecs: int | None = None,
+    generator: torch.Generator | None = None,
+    residuals: bool = True,
+    progress: bool = False,
+) -> EigenResult:
     """Top-k eigenpairs of the pencil A v = θ (B + δI) v, δ = ``damping``, B + δI symmetric positive definite.
 
     Lanczos on S = (B + δI)⁻¹A, which is self-adjoint in ⟨u, v⟩_{B+δI}: each step costs one A product, one
@@ -235,26 +304,47 @@ def generalized_eigsh(A: CurvatureOperator, B: CurvatureOperator, k: int = 1, da
 
     def apply(V: torch.Tensor) -> torch.Tensor:
         AV = A.matmat(V)
-        return torch.stack([B.solve(AV[:, j], damping=damping, tol=solve_tol) for j in range(V.shape[1])], dim=1)
+        return torch.stack(
+            [B.solve(AV[:, j], damping=damping, tol=solve_tol) for j in range(V.shape[1])], dim=1
+        )
 
-    values, vectors, res, converged, matvecs = _krylov_eigsh(apply, A.dim, A.dtype, A.device, k, which, tol,
-                                                              max_basis, max_matvecs, generator, metric, None,
-                                                              progress)
+    values, vectors, res, converged, matvecs = _krylov_eigsh(
+        apply,
+        A.dim,
+        A.dtype,
+        A.device,
+        k,
+        which,
+        tol,
+        max_basis,
+        max_matvecs,
+        generator,
+        metric,
+        None,
+        progress,
+    )
     if residuals:
         res = torch.linalg.vector_norm(A.matmat(vectors) - metric(vectors) * values, dim=0)
         matvecs += k
     return EigenResult(values, vectors, res, converged, matvecs)
 
 
-def lanczos_quadrature(op: CurvatureOperator | MatMat, probes: torch.Tensor, steps: int,
-                       generator: torch.Generator | None = None, support: torch.Tensor | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gauss quadrature of vᵀ f(A) v / vᵀv for each probe column of ``probes [P, n]`` with m = ``steps`` nodes.
+def lanczos_quadrature(
+    op: CurvatureOperator | MatMat,
+    probes: torch.Tensor,
+    steps: int,
+    generator: torch.Generator | None = None,
+    support: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss quadrature of vᵀ f(A) v / vᵀv for each probe column of ``probes [P, n]`` with m = ``steps``
+    nodes.
 
-    Returns ``nodes [n, m]`` (Ritz values of the m-step Lanczos matrix T started at v/‖v‖) and ``weights [n, m]``
+    Returns ``nodes [n, m]`` (Ritz values of the m-step Lanczos matrix T started at v/‖v‖) and ``weights [n,
+    m]``
     (squared first components of T's eigenvectors; each row sums to 1). The rule is exact for polynomials of
     degree ≤ 2m − 1: Σ_i w_i θ_i^p = vᵀA^p v / vᵀv. All probes advance together (one ``matmat`` per step);
-    ``generator`` draws the restart vectors after a breakdown (only when m exceeds a Krylov space's dimension).
+    ``generator`` draws the restart vectors after a breakdown (only when m exceeds a Krylov space's
+    dimension).
     ``op`` may also be a function ``V [P, n] -> A V`` (e.g. masked products for several blocks at once, with
     ``support [P, n]`` the columns' coordinate masks; see :class:`KrylovBasis`).
     """

@@ -1,12 +1,16 @@
-"""Loss-landscape slices (Li, Xu, Taylor, Studer & Goldstein 2018) and linear interpolation between parameter sets.
+"""Loss-landscape slices (Li, Xu, Taylor, Studer & Goldstein 2018) and linear interpolation between parameter
+sets.
 
 - 1D slice: L(θ + α d); 2D slice: L(θ + α d₁ + β d₂), for α, β on a grid in [−span, span].
 - Filter-normalized directions: d is Gaussian, then each *row* (first dimension: an output unit/filter of a
-  linear layer, a token of an embedding) of each weight tensor (ndim ≥ 2) is rescaled to the norm of the same row
-  of the weights, d_r ← d_r ‖θ_r‖/‖d_r‖, so the slice is comparable across layers and scale-invariant networks.
+  linear layer, a token of an embedding) of each weight tensor (ndim ≥ 2) is rescaled to the norm of the same
+  row
+  of the weights, d_r ← d_r ‖θ_r‖/‖d_r‖, so the slice is comparable across layers and scale-invariant
+  networks.
   1-D tensors (biases, norm gains) follow ``one_dim``: 'zero' (default; Li et al.'s choice: they stay at θ),
   'keep' (plain Gaussian entries) or 'filter' (the whole vector is one filter, rescaled to ‖θ‖).
-- Interpolation: L((1 − α) θ_a + α θ_b) for α in [α_min, α_max] (default [−0.25, 1.25]; α = 0 is θ_a, 1 is θ_b).
+- Interpolation: L((1 − α) θ_a + α θ_b) for α in [α_min, α_max] (default [−0.25, 1.25]; α = 0 is θ_a, 1 is
+  θ_b).
 
 Cost: one forward pass per grid point (no gradients).
 """
@@ -28,8 +32,12 @@ from .params import FlatLoss, FlatModel
 ONE_DIM_MODES = ("zero", "keep", "filter")
 
 
-def filter_normalized_direction(theta: torch.Tensor, shapes: Sequence[torch.Size], one_dim: str = "zero",
-                                generator: torch.Generator | None = None) -> torch.Tensor:
+def filter_normalized_direction(
+    theta: torch.Tensor,
+    shapes: Sequence[torch.Size],
+    one_dim: str = "zero",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """A random flat direction ``[P]`` filter-normalized against ``theta`` (see module doc)."""
     if one_dim not in ONE_DIM_MODES:
         raise InfogeomError(f"unknown one_dim mode {one_dim!r}; choose one of {', '.join(ONE_DIM_MODES)}")
@@ -40,7 +48,9 @@ def filter_normalized_direction(theta: torch.Tensor, shapes: Sequence[torch.Size
             n_rows = len(w) if w.ndim >= 2 else 1
             rows_w, rows_r = w.reshape(n_rows, -1), r.reshape(n_rows, -1)
             norm_r = torch.linalg.vector_norm(rows_r, dim=1, keepdim=True).clamp_min(1e-30)
-            parts.append((rows_r * torch.linalg.vector_norm(rows_w, dim=1, keepdim=True) / norm_r).reshape(r.shape))
+            parts.append(
+                (rows_r * torch.linalg.vector_norm(rows_w, dim=1, keepdim=True) / norm_r).reshape(r.shape)
+            )
         else:
             parts.append(torch.zeros_like(r) if one_dim == "zero" else r)
     return flatten(parts)
@@ -59,29 +69,44 @@ class LandscapeSlice:
     meta: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "alphas": self.alphas.tolist(), "losses": self.losses.tolist(),
-                "betas": None if self.betas is None else self.betas.tolist(), "center_loss": self.center_loss,
-                **self.meta}
+        return {
+            "kind": self.kind,
+            "alphas": self.alphas.tolist(),
+            "losses": self.losses.tolist(),
+            "betas": None if self.betas is None else self.betas.tolist(),
+            "center_loss": self.center_loss,
+            **self.meta,
+        }
 
 
 @torch.no_grad()
-def evaluate_along(f: FlatLoss, points: torch.Tensor, progress: bool = False, desc: str = "landscape"
-                   ) -> torch.Tensor:
+def evaluate_along(
+    f: FlatLoss, points: torch.Tensor, progress: bool = False, desc: str = "landscape"
+) -> torch.Tensor:
     """``f`` at each row of ``points [n, P]`` -> ``[n]`` (float64)."""
-    return torch.tensor([float(f(p)) for p in tqdm(points, desc=desc, disable=not progress, leave=False)],
-                        dtype=torch.float64)
+    return torch.tensor(
+        [float(f(p)) for p in tqdm(points, desc=desc, disable=not progress, leave=False)], dtype=torch.float64
+    )
 
 
-def slice_1d(f: FlatLoss, theta: torch.Tensor, direction: torch.Tensor, alphas: torch.Tensor,
-             progress: bool = False) -> LandscapeSlice:
+def slice_1d(
+    f: FlatLoss, theta: torch.Tensor, direction: torch.Tensor, alphas: torch.Tensor, progress: bool = False
+) -> LandscapeSlice:
     """L(θ + α d) for each α."""
     alphas = alphas.to(torch.float64)
     losses = evaluate_along(f, theta + alphas.to(theta.dtype)[:, None] * direction, progress)
     return LandscapeSlice("1d", alphas, losses, center_loss=float(f(theta).detach()))
 
 
-def slice_2d(f: FlatLoss, theta: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor, alphas: torch.Tensor,
-             betas: torch.Tensor, progress: bool = False) -> LandscapeSlice:
+def slice_2d(
+    f: FlatLoss,
+    theta: torch.Tensor,
+    d1: torch.Tensor,
+    d2: torch.Tensor,
+    alphas: torch.Tensor,
+    betas: torch.Tensor,
+    progress: bool = False,
+) -> LandscapeSlice:
     """L(θ + α d₁ + β d₂) on the grid alphas × betas -> losses ``[len(alphas), len(betas)]``."""
     alphas, betas = alphas.to(torch.float64), betas.to(torch.float64)
     a, b = torch.meshgrid(alphas.to(theta.dtype), betas.to(theta.dtype), indexing="ij")
@@ -90,19 +115,33 @@ def slice_2d(f: FlatLoss, theta: torch.Tensor, d1: torch.Tensor, d2: torch.Tenso
     return LandscapeSlice("2d", alphas, losses, betas, center_loss=float(f(theta).detach()))
 
 
-def interpolate(f: FlatLoss, theta_a: torch.Tensor, theta_b: torch.Tensor, alphas: torch.Tensor,
-                progress: bool = False) -> LandscapeSlice:
+def interpolate(
+    f: FlatLoss, theta_a: torch.Tensor, theta_b: torch.Tensor, alphas: torch.Tensor, progress: bool = False
+) -> LandscapeSlice:
     """L((1 − α) θ_a + α θ_b) for each α."""
     alphas = alphas.to(torch.float64)
     al = alphas.to(theta_a.dtype)[:, None]
     losses = evaluate_along(f, (1 - al) * theta_a + al * theta_b, progress, "interpolation")
-    return LandscapeSlice("interpolation", alphas, losses, center_loss=float(f(theta_a).detach()),
-                          meta={"distance": float(torch.linalg.vector_norm(theta_b - theta_a))})
+    return LandscapeSlice(
+        "interpolation",
+        alphas,
+        losses,
+        center_loss=float(f(theta_a).detach()),
+        meta={"distance": float(torch.linalg.vector_norm(theta_b - theta_a))},
+    )
 
 
-def loss_landscape(model: nn.Module, batch: Batch, dims: int = 2, num_points: int = 21, span: float = 1.0,
-                   one_dim: str = "zero", generator: torch.Generator | None = None, names: Sequence[str] | None = None,
-                   progress: bool = False) -> LandscapeSlice:
+def loss_landscape(
+    model: nn.Module,
+    batch: Batch,
+    dims: int = 2,
+    num_points: int = 21,
+    span: float = 1.0,
+    one_dim: str = "zero",
+    generator: torch.Generator | None = None,
+    names: Sequence[str] | None = None,
+    progress: bool = False,
+) -> LandscapeSlice:
     """A 1-D or 2-D filter-normalized slice of ``model``'s loss on ``batch`` around its parameters."""
     if dims not in (1, 2):
         raise InfogeomError(f"landscape dims must be 1 or 2, got {dims}")
@@ -121,9 +160,14 @@ def loss_landscape(model: nn.Module, batch: Batch, dims: int = 2, num_points: in
     return out
 
 
-def interpolate_models(model: nn.Module, params_b: Mapping[str, torch.Tensor], batch: Batch,
-                       alphas: torch.Tensor | None = None, names: Sequence[str] | None = None,
-                       progress: bool = False) -> LandscapeSlice:
+def interpolate_models(
+    model: nn.Module,
+    params_b: Mapping[str, torch.Tensor],
+    batch: Batch,
+    alphas: torch.Tensor | None = None,
+    names: Sequence[str] | None = None,
+    progress: bool = False,
+) -> LandscapeSlice:
     """Interpolate from ``model``'s parameters (α = 0) to ``params_b`` (α = 1; e.g. another checkpoint's
     state dict, same architecture) on ``batch``."""
     flat = FlatModel(model, names)

@@ -1,4 +1,5 @@
-"""Gradient noise scale (McCandlish, Kaplan, Amodei et al. 2018, "An Empirical Model of Large-Batch Training").
+"""Gradient noise scale (McCandlish, Kaplan, Amodei et al. 2018, "An Empirical Model of Large-Batch
+Training").
 
 With per-example gradients g_i (i = 1..B; one example = one sequence), true gradient G = E g and per-example
 covariance Σ = Cov g:
@@ -33,7 +34,8 @@ ESTIMATOR = "per-example gradients, unbiased |G|^2 and tr(Sigma) from one batch"
 
 @dataclass
 class NoiseScale:
-    """Noise-scale estimates and their parts (``b_noise``, ``trace_h_sigma``, ``g_h_g`` are None without H)."""
+    """Noise-scale estimates and their parts (``b_noise``, ``trace_h_sigma``, ``g_h_g`` are None without
+    H)."""
 
     b_simple: float
     trace_sigma: float
@@ -48,10 +50,14 @@ class NoiseScale:
         return dict(self.__dict__)
 
 
-def noise_scale(per_example: torch.Tensor, hessian: CurvatureOperator | None = None, chunk: int = 16) -> NoiseScale:
+def noise_scale(
+    per_example: torch.Tensor, hessian: CurvatureOperator | None = None, chunk: int = 16
+) -> NoiseScale:
     """B_simple (and B_noise when ``hessian`` is given) from per-example gradients ``[B, P]`` (B ≥ 2)."""
     if per_example.ndim != 2 or per_example.shape[0] < 2:
-        raise InfogeomError(f"noise scale needs per-example gradients [B >= 2, P], got {tuple(per_example.shape)}")
+        raise InfogeomError(
+            f"noise scale needs per-example gradients [B >= 2, P], got {tuple(per_example.shape)}"
+        )
     B = per_example.shape[0]
     mean = per_example.mean(0)
     dev = per_example - mean
@@ -60,19 +66,31 @@ def noise_scale(per_example: torch.Tensor, hessian: CurvatureOperator | None = N
     out = NoiseScale(trace_s / grad_sq, trace_s, grad_sq, B)
     if hessian is not None:
         if hessian.dim != per_example.shape[1]:
-            raise InfogeomError(f"Hessian has dimension {hessian.dim} but the gradients have {per_example.shape[1]}")
+            raise InfogeomError(
+                f"Hessian has dimension {hessian.dim} but the gradients have {per_example.shape[1]}"
+            )
         V = torch.cat([mean[None], dev]).T.to(hessian.dtype)
-        quad = torch.cat([(V[:, i:i + chunk] * hessian.matmat(V[:, i:i + chunk])).sum(0)
-                          for i in range(0, B + 1, chunk)])
+        quad = torch.cat(
+            [
+                (V[:, i : i + chunk] * hessian.matmat(V[:, i : i + chunk])).sum(0)
+                for i in range(0, B + 1, chunk)
+            ]
+        )
         trace_hs = float(quad[1:].sum() / (B - 1))
         ghg = float(quad[0]) - trace_hs / B
         out.b_noise, out.trace_h_sigma, out.g_h_g = trace_hs / ghg, trace_hs, ghg
     return out
 
 
-def gradient_noise_scale(model: nn.Module, batch: Batch, names: Sequence[str] | None = None,
-                         with_hessian: bool = True, chunk_size: int | None = None) -> NoiseScale:
-    """Noise scale of the mean token loss on ``batch`` (per-sequence gradients; H = Hessian of the batch loss)."""
+def gradient_noise_scale(
+    model: nn.Module,
+    batch: Batch,
+    names: Sequence[str] | None = None,
+    with_hessian: bool = True,
+    chunk_size: int | None = None,
+) -> NoiseScale:
+    """Noise scale of the mean token loss on ``batch`` (per-sequence gradients; H = Hessian of the batch
+    loss)."""
     G = per_example_gradients(model, batch, names=names, chunk_size=chunk_size)
     H = HessianOperator(model, batch, names=names) if with_hessian else None
     return noise_scale(G, H)

@@ -62,8 +62,9 @@ class DiagonalOperator(CurvatureOperator):
     """diag(d) for ``d [P]`` (e.g. an adaptive optimizer's preconditioner), with exact diagonal, trace and
     solve (b / (d + λ))."""
 
-    def __init__(self, d: torch.Tensor, names: Sequence[str] | None = None,
-                 shapes: Sequence[torch.Size] | None = None):
+    def __init__(
+        self, d: torch.Tensor, names: Sequence[str] | None = None, shapes: Sequence[torch.Size] | None = None
+    ):
         if d.ndim != 1:
             raise InfogeomError(f"DiagonalOperator needs a flat [P] tensor, got shape {tuple(d.shape)}")
         self.d = d
@@ -76,7 +77,9 @@ class DiagonalOperator(CurvatureOperator):
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         return self.d[:, None] * V
 
-    def diagonal(self, num_probes: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def diagonal(
+        self, num_probes: int | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         return self.d
 
     def trace(self) -> torch.Tensor:
@@ -88,8 +91,13 @@ class DiagonalOperator(CurvatureOperator):
         return b.to(self.dtype) / (self.d + damping)
 
 
-def build_operator(kind: str, model: nn.Module, batch: Batch, names: Sequence[str] | None = None,
-                   generator: torch.Generator | None = None) -> CurvatureOperator:
+def build_operator(
+    kind: str,
+    model: nn.Module,
+    batch: Batch,
+    names: Sequence[str] | None = None,
+    generator: torch.Generator | None = None,
+) -> CurvatureOperator:
     """The curvature of the mean token loss on ``batch`` by name: 'hessian', 'ggn', 'fisher' (exact),
     'fisher-mc' (one sampled label per token from ``generator``) or 'fisher-empirical'."""
     if kind == "hessian":

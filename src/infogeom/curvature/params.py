@@ -19,8 +19,12 @@ class FlatModel:
     """``model``'s trainable parameters ``names`` (default all) as one flat vector ``theta [P]`` and
     :meth:`loss` ``θ -> loss(model_θ(x), y)`` (eval mode, no dropout; other parameters as in ``model``)."""
 
-    def __init__(self, model: nn.Module, names: Sequence[str] | None = None,
-                 loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lm_loss):
+    def __init__(
+        self,
+        model: nn.Module,
+        names: Sequence[str] | None = None,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lm_loss,
+    ):
         params = select_parameters(model, names)
         self.model, self.loss_fn = model, loss
         self.names = list(params)
@@ -49,4 +53,3 @@ def value_and_grad(f: FlatLoss, theta: torch.Tensor) -> tuple[torch.Tensor, torc
     value = f(theta)
     (g,) = torch.autograd.grad(value, theta)
     return value.detach(), g
-

@@ -15,7 +15,8 @@ from .landscape import LandscapeSlice
 
 
 def save_json(obj: dict, path: str | Path) -> Path:
-    """Write ``obj`` as JSON atomically (temporary file + rename, so an existing file is never half-written)."""
+    """Write ``obj`` as JSON atomically (temporary file + rename, so an existing file is never
+    half-written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -3,7 +3,8 @@
 Eigenpair i is found by iterating v ← A_i v / ‖A_i v‖ on the projection-deflated operator
 A_i = (I − V Vᵀ) A (I − V Vᵀ), V = [v_1 … v_{i−1}] the eigenvectors found so far. Each product gives the
 Rayleigh quotient θ = vᵀAv and the residual at no extra cost; iteration i stops when the deflated residual
-‖A_i v − θv‖ ≤ tol·|θ| (the reported residual ‖Av − θv‖ also carries the error of the earlier eigenvectors). Converges to the largest-|θ| eigenpairs at the rate |θ_{i+1}/θ_i| per product, so it can be
+‖A_i v − θv‖ ≤ tol·|θ| (the reported residual ‖Av − θv‖ also carries the error of the earlier eigenvectors).
+Converges to the largest-|θ| eigenpairs at the rate |θ_{i+1}/θ_i| per product, so it can be
 much slower than Lanczos when the top of the spectrum is clustered.
 """
 
@@ -17,8 +18,14 @@ from ..geometry.operator import CurvatureOperator
 from .lanczos import EigenResult
 
 
-def power_iteration(op: CurvatureOperator, k: int = 1, tol: float = 1e-4, max_iter: int = 1000,
-                    generator: torch.Generator | None = None, progress: bool = False) -> EigenResult:
+def power_iteration(
+    op: CurvatureOperator,
+    k: int = 1,
+    tol: float = 1e-4,
+    max_iter: int = 1000,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> EigenResult:
     """Top-k eigenpairs by largest magnitude. ``max_iter`` products per eigenpair at most (then
     ``converged=False``). Residuals are the explicit ‖A v − θ v‖ of the last iterate."""
     if not 1 <= k <= op.dim:
@@ -50,5 +57,10 @@ def power_iteration(op: CurvatureOperator, k: int = 1, tol: float = 1e-4, max_it
         vectors.append(v)
         residuals.append(float(res))
     bar.close()
-    return EigenResult(torch.tensor(values, dtype=op.dtype), torch.stack(vectors, 1),
-                       torch.tensor(residuals, dtype=op.dtype), converged, matvecs)
+    return EigenResult(
+        torch.tensor(values, dtype=op.dtype),
+        torch.stack(vectors, 1),
+        torch.tensor(residuals, dtype=op.dtype),
+        converged,
+        matvecs,
+    )

@@ -5,13 +5,15 @@ edge-of-stability threshold.
 - ε-sharpness (Foret et al. 2021, SAM): S_ρ = max_{‖T⁻¹ε‖ ≤ ρ} L(θ + ε) − L(θ), T = I. The first-order
   maximizer is ε = ρ g/‖g‖; ``steps`` > 1 continues by projected normalized ascent on u = T⁻¹ε,
   u ← Proj_{‖u‖≤ρ}(u + ρ ∇_u/‖∇_u‖), keeping the largest loss seen. Adaptive (Kwon et al. 2021, ASAM):
-  T = diag(|θ| + η), so ε = ρ T² g / ‖T g‖ and the value is invariant to per-coordinate rescalings of θ (η = 0).
+  T = diag(|θ| + η), so ε = ρ T² g / ‖T g‖ and the value is invariant to per-coordinate rescalings of θ (η =
+  0).
 - Fisher–Rao sharpness: the largest eigenvalue of the pencil H v = λ (F + δI) v,
   λ_FR = max_v vᵀHv / vᵀ(F + δI)v — loss curvature per unit squared Fisher–Rao length (½vᵀFv ≈ KL between the
   model's predictions at θ and θ + v). Under a reparameterization θ = φ(ψ) with Jacobian J, F ↦ JᵀFJ and, at a
   critical point, H ↦ JᵀHJ, so λ_FR is invariant as δ → 0 (δ > 0 is needed where F is singular).
 - Preconditioned sharpness (Cohen et al. 2022): λ_max(P⁻¹H) for an optimizer stepping θ ← θ − η P⁻¹ m. For
-  Adam/AdamW, P = (1 − β1ᵗ) diag(√v̂ + ε), v̂ = v/(1 − β2ᵗ) (``exp_avg_sq``, step t), and the stability threshold
+  Adam/AdamW, P = (1 − β1ᵗ) diag(√v̂ + ε), v̂ = v/(1 − β2ᵗ) (``exp_avg_sq``, step t), and the stability
+  threshold
   is (2 + 2β1)/((1 − β1) η) (38/η at β1 = 0.9); for SGD, P = I and the threshold is 2/η, or (2 + 2β)/η with
   heavy-ball momentum β, (2 + 2β)/((1 + 2β) η) with Nesterov (Cohen et al. 2021). Any operator with ``solve``
   (diagonal, K-FAC, Fisher) can serve as P.
@@ -19,6 +21,7 @@ edge-of-stability threshold.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,9 +52,16 @@ class BallSharpness:
         return dict(self.__dict__)
 
 
-def ball_sharpness(f: FlatLoss, theta: torch.Tensor, rho: float = 0.05, adaptive: bool = False,
-                   eta: float = 0.01, steps: int = 1) -> BallSharpness:
-    """ε-sharpness of a function of a flat vector (see module doc). Cost: ``steps`` gradients + ``steps`` losses."""
+def ball_sharpness(
+    f: FlatLoss,
+    theta: torch.Tensor,
+    rho: float = 0.05,
+    adaptive: bool = False,
+    eta: float = 0.01,
+    steps: int = 1,
+) -> BallSharpness:
+    """ε-sharpness of a function of a flat vector (see module doc). Cost: ``steps`` gradients + ``steps``
+    losses."""
     if not rho > 0:
         raise InfogeomError(f"rho must be positive, got {rho}")
     if int(steps) < 1:
@@ -76,33 +86,62 @@ def ball_sharpness(f: FlatLoss, theta: torch.Tensor, rho: float = 0.05, adaptive
             value = f(theta + T * u)
         if value > best:
             best, best_u = value, u
-    return BallSharpness(float(best - loss0), float(loss0), float(best),
-                         float(torch.linalg.vector_norm(T * best_u)), float(rho), adaptive, int(steps))
+    return BallSharpness(
+        float(best - loss0),
+        float(loss0),
+        float(best),
+        float(torch.linalg.vector_norm(T * best_u)),
+        float(rho),
+        adaptive,
+        int(steps),
+    )
 
 
-def epsilon_sharpness(model: nn.Module, batch: Batch, rho: float = 0.05, adaptive: bool = False,
-                      eta: float = 0.01, steps: int = 1, names: Sequence[str] | None = None) -> BallSharpness:
+def epsilon_sharpness(
+    model: nn.Module,
+    batch: Batch,
+    rho: float = 0.05,
+    adaptive: bool = False,
+    eta: float = 0.01,
+    steps: int = 1,
+    names: Sequence[str] | None = None,
+) -> BallSharpness:
     """SAM (``adaptive=False``) or ASAM ε-sharpness of the mean token loss of ``model`` on ``batch``."""
     flat = FlatModel(model, names)
     return ball_sharpness(flat.loss_function(batch), flat.theta, rho, adaptive, eta, steps)
 
 
-def fisher_rao_sharpness(hessian: CurvatureOperator, fisher: CurvatureOperator, damping: float = 1e-3, k: int = 1,
-                         tol: float = 1e-4, generator: torch.Generator | None = None, **kwargs) -> EigenResult:
+def fisher_rao_sharpness(
+    hessian: CurvatureOperator,
+    fisher: CurvatureOperator,
+    damping: float = 1e-3,
+    k: int = 1,
+    tol: float = 1e-4,
+    generator: torch.Generator | None = None,
+    **kwargs,
+) -> EigenResult:
     """Top-k eigenpairs of H v = λ (F + δI) v, δ = ``damping`` > 0 (see module doc)."""
     if not damping > 0:
         raise InfogeomError(f"Fisher–Rao sharpness needs a positive damping, got {damping}")
     return generalized_eigsh(hessian, fisher, k=k, damping=damping, tol=tol, generator=generator, **kwargs)
 
 
-def preconditioned_sharpness(hessian: CurvatureOperator, preconditioner: CurvatureOperator, k: int = 1,
-                             tol: float = 1e-4, generator: torch.Generator | None = None, **kwargs) -> EigenResult:
-    """Top-k eigenpairs of P⁻¹H (the pencil H v = λ P v) for a symmetric positive definite ``preconditioner``."""
+def preconditioned_sharpness(
+    hessian: CurvatureOperator,
+    preconditioner: CurvatureOperator,
+    k: int = 1,
+    tol: float = 1e-4,
+    generator: torch.Generator | None = None,
+    **kwargs,
+) -> EigenResult:
+    """Top-k eigenpairs of P⁻¹H (the pencil H v = λ P v) for a symmetric positive definite
+    ``preconditioner``."""
     return generalized_eigsh(hessian, preconditioner, k=k, tol=tol, generator=generator, **kwargs)
 
 
-def _optimizer_params(optimizer: torch.optim.Optimizer, model: nn.Module, names: Sequence[str]
-                      ) -> list[tuple[torch.Tensor, dict]]:
+def _optimizer_params(
+    optimizer: torch.optim.Optimizer, model: nn.Module, names: Sequence[str]
+) -> list[tuple[torch.Tensor, dict]]:
     params = dict(model.named_parameters())
     groups = {id(p): group for group in optimizer.param_groups for p in group["params"]}
     out = []
@@ -113,8 +152,9 @@ def _optimizer_params(optimizer: torch.optim.Optimizer, model: nn.Module, names:
     return out
 
 
-def adam_preconditioner(optimizer: torch.optim.Optimizer, model: nn.Module, names: Sequence[str],
-                        dtype: torch.dtype | None = None) -> DiagonalOperator:
+def adam_preconditioner(
+    optimizer: torch.optim.Optimizer, model: nn.Module, names: Sequence[str], dtype: torch.dtype | None = None
+) -> DiagonalOperator:
     """P = (1 − β1ᵗ)(√(v/(1 − β2ᵗ)) + ε) from an Adam/AdamW state (``exp_avg_sq``, or ``max_exp_avg_sq`` with
     amsgrad) for the parameters ``names`` (flat, in that order) — the P of θ ← θ − η P⁻¹ m."""
     diags = []
@@ -122,8 +162,10 @@ def adam_preconditioner(optimizer: torch.optim.Optimizer, model: nn.Module, name
     for p, group in pairs:
         state = optimizer.state.get(p, {})
         if "exp_avg_sq" not in state:
-            raise InfogeomError("optimizer has no Adam state (exp_avg_sq) yet; take a step first, or use an Adam-type "
-                                "optimizer")
+            raise InfogeomError(
+                "optimizer has no Adam state (exp_avg_sq) yet; take a step first, or use an Adam-type "
+                "optimizer"
+            )
         beta1, beta2 = group["betas"]
         t = float(state["step"])
         v = state.get("max_exp_avg_sq", state["exp_avg_sq"]) if group.get("amsgrad") else state["exp_avg_sq"]
@@ -134,19 +176,31 @@ def adam_preconditioner(optimizer: torch.optim.Optimizer, model: nn.Module, name
 
 def eos_threshold(optimizer: torch.optim.Optimizer) -> dict:
     """The edge-of-stability threshold of ``optimizer``'s first parameter group: ``{'kind', 'lr', 'threshold',
-    'gd_threshold'}`` (kind 'adam' uses λ_max(P⁻¹H); 'sgd'/'gd' use λ_max(H))."""
+    'gd_threshold'}`` (kind 'adam' uses λ_max(P⁻¹H); 'sgd'/'gd' use λ_max(H)); infinite when lr = 0."""
     group = optimizer.param_groups[0]
     lr = float(group["lr"])
     if "betas" in group:
         beta1 = float(group["betas"][0])
-        return {"kind": "adam", "lr": lr, "threshold": (2 + 2 * beta1) / ((1 - beta1) * lr), "gd_threshold": 2 / lr}
-    beta = float(group.get("momentum", 0.0) or 0.0)
-    threshold = (2 + 2 * beta) / ((1 + 2 * beta) * lr) if group.get("nesterov") else (2 + 2 * beta) / lr
-    return {"kind": "sgd", "lr": lr, "threshold": threshold, "gd_threshold": 2 / lr}
+        kind, factor = "adam", (2 + 2 * beta1) / (1 - beta1)
+    else:
+        beta = float(group.get("momentum", 0.0) or 0.0)
+        kind, factor = "sgd", (2 + 2 * beta) / (1 + 2 * beta) if group.get("nesterov") else 2 + 2 * beta
+    return {
+        "kind": kind,
+        "lr": lr,
+        "threshold": factor / lr if lr > 0 else math.inf,
+        "gd_threshold": 2 / lr if lr > 0 else math.inf,
+    }
 
 
-def optimizer_sharpness(hessian: CurvatureOperator, optimizer: torch.optim.Optimizer, model: nn.Module,
-                        tol: float = 1e-3, generator: torch.Generator | None = None, **kwargs) -> dict:
+def optimizer_sharpness(
+    hessian: CurvatureOperator,
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    tol: float = 1e-3,
+    generator: torch.Generator | None = None,
+    **kwargs,
+) -> dict:
     """λ_max of the optimizer's own preconditioned Hessian next to its stability threshold: Adam-type states
     give λ_max(P⁻¹H) with P from :func:`adam_preconditioner`; other optimizers λ_max(H) (P = I)."""
     info = eos_threshold(optimizer)

@@ -30,7 +30,12 @@ class TraceEstimate:
     method: str
 
     def to_dict(self) -> dict:
-        return {"trace": self.value, "stderr": self.stderr, "num_probes": self.num_probes, "method": self.method}
+        return {
+            "trace": self.value,
+            "stderr": self.stderr,
+            "num_probes": self.num_probes,
+            "method": self.method,
+        }
 
 
 def _check(num_probes: int, minimum: int) -> None:
@@ -38,9 +43,11 @@ def _check(num_probes: int, minimum: int) -> None:
         raise InfogeomError(f"need at least {minimum} probes, got {num_probes}")
 
 
-def hutchinson_samples(op: CurvatureOperator, num_probes: int, generator: torch.Generator | None = None,
-                       chunk: int = 16) -> torch.Tensor:
-    """The quadratic forms v_iᵀ A v_i ``[num_probes]`` for Rademacher v_i (``chunk`` probes per ``matmat``)."""
+def hutchinson_samples(
+    op: CurvatureOperator, num_probes: int, generator: torch.Generator | None = None, chunk: int = 16
+) -> torch.Tensor:
+    """The quadratic forms v_iᵀ A v_i ``[num_probes]`` for Rademacher v_i (``chunk`` probes per
+    ``matmat``)."""
     out = []
     for start in range(0, num_probes, chunk):
         V = rademacher((op.dim, min(chunk, num_probes - start)), op.dtype, op.device, generator)
@@ -48,8 +55,14 @@ def hutchinson_samples(op: CurvatureOperator, num_probes: int, generator: torch.
     return torch.cat(out)
 
 
-def hutchinson(op: CurvatureOperator, num_probes: int = 32, generator: torch.Generator | None = None,
-               rtol: float | None = None, max_probes: int = 1024, chunk: int = 16) -> TraceEstimate:
+def hutchinson(
+    op: CurvatureOperator,
+    num_probes: int = 32,
+    generator: torch.Generator | None = None,
+    rtol: float | None = None,
+    max_probes: int = 1024,
+    chunk: int = 16,
+) -> TraceEstimate:
     """Hutchinson trace estimate with standard error. With ``rtol``, probes are added ``num_probes`` at a time
     until SE ≤ rtol·|trace| or ``max_probes`` is reached."""
     _check(num_probes, 2)
@@ -64,7 +77,9 @@ def hutchinson(op: CurvatureOperator, num_probes: int = 32, generator: torch.Gen
     return TraceEstimate(float(samples.mean()), float(samples.std() / math.sqrt(m)), m, "hutchinson")
 
 
-def hutchpp(op: CurvatureOperator, num_probes: int = 48, generator: torch.Generator | None = None) -> TraceEstimate:
+def hutchpp(
+    op: CurvatureOperator, num_probes: int = 48, generator: torch.Generator | None = None
+) -> TraceEstimate:
     """Hutch++ trace estimate from ``num_probes`` products (rounded down to a multiple of 3, at least 6)."""
     _check(num_probes, 6)
     k = int(num_probes) // 3
@@ -86,8 +101,9 @@ class DiagonalEstimate:
     num_probes: int
 
 
-def diagonal(op: CurvatureOperator, num_probes: int = 32, generator: torch.Generator | None = None,
-             chunk: int = 16) -> DiagonalEstimate:
+def diagonal(
+    op: CurvatureOperator, num_probes: int = 32, generator: torch.Generator | None = None, chunk: int = 16
+) -> DiagonalEstimate:
     """Hutchinson diagonal estimate diag(A) ≈ mean_i v_i ⊙ A v_i with per-entry standard errors."""
     _check(num_probes, 2)
     total = torch.zeros(op.dim, dtype=op.dtype, device=op.device)

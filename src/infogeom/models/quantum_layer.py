@@ -115,15 +115,16 @@ def add_quantum_layers(model: GPT, blocks: Sequence[int] = (0,), target: str = "
 
 
 class _InputRecorder:
-    """Forward pre-hook keeping the first ``max_inputs`` rows of the model's last input."""
+    """Forward pre-hook keeping the first ⌈max_tokens / T⌉ sequences of the model's last training input."""
 
-    def __init__(self, model: nn.Module, max_inputs: int):
-        self.max_inputs, self.x = max_inputs, None
+    def __init__(self, model: nn.Module, max_tokens: int):
+        self.max_tokens, self.x = max_tokens, None
         model.register_forward_pre_hook(self)
 
     def __call__(self, module, args):
         if module.training:
-            self.x = args[0][: self.max_inputs].detach()
+            x = args[0]
+            self.x = x[: max(1, -(-self.max_tokens // x.shape[-1]))].detach()
 
 
 def model_metric_fn(model: nn.Module, metric: str = "fubini-study", approx: str | None = None,
@@ -131,16 +132,16 @@ def model_metric_fn(model: nn.Module, metric: str = "fubini-study", approx: str 
     """Metric closure for :class:`~infogeom.optim.qng.QuantumNaturalGradient` over the ``weight`` s of all
     quantum layers of ``model`` (block-diagonal across layers).
 
-    ``"fubini-study"`` / ``"qfi"``: each circuit's metric averaged over its last ``max_inputs`` input angles.
-    ``"pullback"``: G = (1/N) Σ_tokens Jᵀ (diag p − p pᵀ) J with J = ∂logits/∂(circuit weights) on the first
-    ``max_inputs`` sequences of the model's last training input (forward-mode autodiff, one pass per
-    weight)."""
+    ``"fubini-study"`` / ``"qfi"``: each circuit's metric averaged over its last ``max_inputs`` input angles
+    (token positions). ``"pullback"``: G = (1/N) Σ_tokens Jᵀ (diag p − p pᵀ) J with J = ∂logits/∂(circuit
+    weights) on the first ⌈max_inputs / T⌉ sequences of the model's last training input (forward-mode
+    autodiff, one pass per weight)."""
     if metric not in METRICS:
         raise InfogeomError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     layers = quantum_layers(model)
     if metric != "pullback":
         for layer in layers:
-            layer.record_inputs = max(layer.record_inputs, max_inputs)
+            layer.record_inputs = max_inputs
         return lambda: torch.block_diag(*[layer.metric(metric, approx) for layer in layers])
     if approx is not None:
         raise InfogeomError("approx applies to the fubini-study and qfi metrics, not to pullback")

@@ -3,13 +3,14 @@
 With the K-FAC eigenbases Q_L, Q_R of a layer (:mod:`.kronecker`; Fisher factors, refreshed every ``inv_every``
 steps) and gradient matrix X, at update t:
 
-    m ← β₁ m + (1−β₁) X                      (first moment, parameter basis)
-    v ← β₂ v + (1−β₂) (Q_Lᵀ X Q_R)^{∘2}      (second moment, eigenbasis: diagonal rescaling à la George et al.)
-    Δ = Q_L [ (Q_Lᵀ m Q_R / (1−β₁ᵗ)) ⊘ (√(v / (1−β₂ᵗ)) + ε) ] Q_Rᵀ,    θ ← θ(1 − η·wd) − η Δ.
+    Y = Q_Lᵀ X Q_R,   m ← β₁ m + (1−β₁) Y,   v ← β₂ v + (1−β₂) Y^{∘2}     (both moments in the eigenbasis)
+    Δ = Q_L [ (m / (1−β₁ᵗ)) ⊘ (√(v / (1−β₂ᵗ)) + ε) ] Q_Rᵀ,    θ ← θ(1 − η·wd) − η Δ.
 
-SOAP (Vyas et al. 2024) is the same update in the eigenbasis of gradient outer products (Shampoo factors); here the
+v is a diagonal rescaling in the Kronecker eigenbasis (George et al. 2018), estimated Adam-style from the batch
+gradients. When the bases are refreshed, m is re-expressed in the new basis and v is kept (as in SOAP). SOAP
+(Vyas et al. 2024) is the same update in the eigenbasis of gradient outer products (Shampoo factors); here the
 basis is that of the Fisher factors. ε plays the role of the damping (raised when a step is skipped). Cost per step:
-four small matmuls per layer.
+four small matmuls per layer (two rotations).
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from .registry import register_optimizer
 
 
 class EKFACCore(KroneckerCore):
+    def _basis_changed(self, layer, old, new) -> None:
+        st = self.state[layer.weight]
+        if "exp_avg" in st:  # re-express the first moment in the new eigenbasis
+            st["exp_avg"] = to_eigenbasis(from_eigenbasis(st["exp_avg"], *old), *new)
+
     def _apply(self) -> None:
         b1, b2 = self.defaults["betas"]
         t = self.steps + 1
@@ -29,15 +35,14 @@ class EKFACCore(KroneckerCore):
         wds = {id(p): g["weight_decay"] for g in self.param_groups for p in g["params"]}
         for layer in self.layers:
             _, _, QL, QR = self.eigenbasis(layer)
-            X = layer.grad_matrix()
+            Y = to_eigenbasis(layer.grad_matrix(), QL, QR)
             st = self.state[layer.weight]
             if "exp_avg" not in st:
-                st["exp_avg"], st["exp_avg_sq"] = X.new_zeros(X.shape), X.new_zeros(X.shape)
+                st["exp_avg"], st["exp_avg_sq"] = Y.new_zeros(Y.shape), Y.new_zeros(Y.shape)
             m, v = st["exp_avg"], st["exp_avg_sq"]
-            m.lerp_(X, 1 - b1)
-            Y = to_eigenbasis(X, QL, QR)
+            m.lerp_(Y, 1 - b1)
             v.mul_(b2).addcmul_(Y, Y, value=1 - b2)
-            step = to_eigenbasis(m, QL, QR).div_(1 - b1 ** t) / ((v / (1 - b2 ** t)).sqrt_().add_(eps))
+            step = (m / (1 - b1 ** t)).div_((v / (1 - b2 ** t)).sqrt_().add_(eps))
             lr = lrs[id(layer.weight)]
             for p, u in zip(layer.params, layer.split(from_eigenbasis(step, QL, QR))):
                 p.mul_(1 - lr * wds[id(p)]).add_(u, alpha=-lr)

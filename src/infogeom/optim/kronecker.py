@@ -203,13 +203,16 @@ class KroneckerCore(Optimizer):
             broadcast_([t for res, o in zip(results, owner) if o == r for t in res], src=r)
         if not all_finite([t for res in results for t in res]):
             return False
-        for (la, side), (e, Q) in zip(tasks, results):
-            self.state[la.weight]["e" + side], self.state[la.weight]["Q" + side] = e, Q
-        for la in self.layers:  # vector (diagonal) factors are their own eigenvalues
+        fresh = {(id(la.weight), side): res for (la, side), res in zip(tasks, results)}
+        for la in self.layers:
             st = self.state[la.weight]
-            for side in ("L", "R"):
-                if st[side].ndim == 1:
-                    st["e" + side], st["Q" + side] = st[side].clamp_min(0), None
+            new = {}
+            for side in ("L", "R"):  # vector (diagonal) factors are their own eigenvalues
+                new[side] = fresh.get((id(la.weight), side), (st[side].clamp_min(0), None))
+            if "QL" in st:
+                self._basis_changed(la, (st["QL"], st["QR"]), (new["L"][1], new["R"][1]))
+            for side, (e, Q) in new.items():
+                st["e" + side], st["Q" + side] = e, Q
         return True
 
     def eigenbasis(self, layer: Layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -218,6 +221,9 @@ class KroneckerCore(Optimizer):
         return st["eL"], st["eR"], st["QL"], st["QR"]
 
     # ---- step -----------------------------------------------------------------------------------------------
+    def _basis_changed(self, layer: Layer, old: tuple, new: tuple) -> None:
+        """Called with the old and new ``(Q_L, Q_R)`` of a layer before new eigenbases are stored."""
+
     def _apply(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -94,30 +94,46 @@ def get_gate(name: str) -> Gate:
     return GATES[name]
 
 
-@cache
-def _eigh(name: str) -> tuple[np.ndarray, np.ndarray]:
-    return np.linalg.eigh(GATES[name].generator)
-
-
 def _const(a: np.ndarray, dtype: torch.dtype, device) -> torch.Tensor:
     return torch.tensor(np.array(a), dtype=dtype, device=device)
+
+
+@cache
+def _tables(name: str, dtype: torch.dtype, device: str) -> tuple:
+    """Constant tensors of a gate, cached per dtype and device. Parametrized dense gates whose generator has
+    eigenvalues in {0, ±1/2} (G³ = G/4: RX, RY, CRX, CRY, IsingXX, IsingYY) use
+    U(θ) = I + (cos(θ/2) − 1)·4G² − 2i sin(θ/2)·G; others V diag(e^{−iθλ}) V† from G = V diag(λ) V†."""
+    gate = GATES[name]
+    if not gate.parametrized:
+        return ("fixed", _const(gate.diag if gate.kind == "diag" else gate.matrix, dtype, device)[None])
+    G = gate.generator
+    if gate.kind == "diag":
+        return ("diag", _const(np.diag(G), dtype, device)[None])
+    if np.allclose(G @ G @ G, G / 4):
+        return ("half", _const(np.eye(len(G)), dtype, device), _const(4 * G @ G, dtype, device),
+                _const(-2j * G, dtype, device))
+    lam, V = np.linalg.eigh(G)
+    return ("eigh", _const(lam, dtype, device)[None], _const(V, dtype, device),
+            _const(V.conj().T, dtype, device))
 
 
 def gate_operator(gate: Gate, angle: torch.Tensor | None, dtype: torch.dtype, device) -> torch.Tensor:
     """The gate's action on its wires: ``[B, d]`` phases ("diag") or ``[B, d, d]`` matrix ("dense") for angles
     ``[B]``; ``[1, d]`` / ``[1, d, d]`` for fixed gates. Not used for "perm" gates.
 
-    Parametrized: U(θ) = V diag(e^{−iθλ}) V† with G = V diag(λ) V† (exact for every generator; cost O(B d³));
-    diagonal generators give the phases e^{−iθ G_jj} directly."""
-    if not gate.parametrized:
-        return _const(gate.diag if gate.kind == "diag" else gate.matrix, dtype, device)[None]
-    theta = angle.to(dtype)[:, None]
-    if gate.kind == "diag":
-        return torch.exp(-1j * theta * _const(np.diag(gate.generator), dtype, device)[None])
-    lam, V = _eigh(gate.name)
-    phases = torch.exp(-1j * theta * _const(lam, dtype, device)[None])
-    Vt = _const(V, dtype, device)
-    return (Vt[None] * phases[:, None, :]) @ Vt.conj().T[None]
+    Parametrized: U(θ) = exp(−iθG) (see :func:`_tables`); diagonal generators give the phases e^{−iθ G_jj}."""
+    kind, *tables = _tables(gate.name, dtype, str(device))
+    if kind == "fixed":
+        return tables[0]
+    theta = angle.to(dtype)
+    if kind == "diag":
+        return torch.exp(-1j * theta[:, None] * tables[0])
+    if kind == "half":
+        eye, sq4, gen = tables
+        half = theta[:, None, None] / 2
+        return eye + (torch.cos(half) - 1) * sq4 + torch.sin(half) * gen
+    lam, V, Vh = tables
+    return (V[None] * torch.exp(-1j * theta[:, None] * lam)[:, None, :]) @ Vh[None]
 
 
 def generator_operator(gate: Gate, dtype: torch.dtype, device) -> torch.Tensor:

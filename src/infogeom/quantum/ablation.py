@@ -1,0 +1,174 @@
+"""Ablation: Adam vs Fubini–Study QNG vs pull-back QNG on small hybrid (circuit + classical) language models.
+
+Tasks (character-level next-token prediction on a real corpus):
+
+* ``"bigram"`` — a quantum bigram LM: token embedding → :class:`~infogeom.models.quantum_layer.QuantumLayer`
+  (angle embedding, hardware-efficient circuit, ⟨Z⟩ readout) → linear layer to vocabulary logits. The circuit sits
+  between two classical layers and carries the whole model's computation (the setting of arXiv 2506.15830's
+  hybrid classifier).
+* ``"gpt"`` — a one-block GPT whose MLP is a quantum layer (:func:`~infogeom.models.quantum_layer.add_quantum_layers`).
+
+Arms (same data, same initialisation per seed; the classical parameters always use AdamW):
+
+* ``adam``      — AdamW on every parameter, circuit weights included;
+* ``qng-fs``    — QNG on the circuit weights with the Fubini–Study metric averaged over the layer's inputs;
+* ``qng-pullback`` — QNG on the circuit weights with the pull-back G = E Jᵀ(diag p − ppᵀ)J of the LM's output
+  distribution (the Fisher of the predictions restricted to the circuit weights).
+
+Reports the final validation loss (mean ± std over seeds) per arm.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from ..errors import InfogeomError
+from ..models.gpt import GPT, GPTConfig, lm_loss
+from ..models.quantum_layer import QuantumLayer, add_quantum_layers
+from ..optim.qng import QNGAdamW
+
+ARMS = ("adam", "qng-fs", "qng-pullback")
+TASKS = ("bigram", "gpt")
+
+
+@dataclass
+class AblationConfig:
+    task: str = "bigram"
+    corpus: str = "shakespeare"
+    arms: tuple[str, ...] = ARMS
+    seeds: int = 5
+    steps: int = 200
+    batch_size: int = 16
+    block_size: int = 16
+    n_qubits: int = 5
+    n_layers: int = 2
+    n_embd: int = 16
+    lr: float = 1e-2
+    qng_lr: float = 0.05
+    damping: float = 1e-2
+    recompute_every: int = 5
+    max_inputs: int = 64
+    eval_every: int = 50
+    eval_batches: int = 8
+    extra: dict = field(default_factory=dict)
+
+
+class QuantumBigram(nn.Module):
+    """``idx [B, T] -> logits [B, T, V]``: embedding → quantum layer (n_embd → V)."""
+
+    def __init__(self, vocab_size: int, n_embd: int, n_qubits: int, n_layers: int):
+        super().__init__()
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        self.quantum = QuantumLayer(n_embd, vocab_size, n_qubits=n_qubits, n_layers=n_layers)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.quantum(self.wte(idx))
+
+
+def build_model(cfg: AblationConfig, vocab_size: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    if cfg.task == "bigram":
+        return QuantumBigram(vocab_size, cfg.n_embd, cfg.n_qubits, cfg.n_layers)
+    model = GPT(GPTConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=1, n_head=2,
+                          n_embd=cfg.n_embd, attention="math"))
+    add_quantum_layers(model, blocks=(0,), target="mlp", n_qubits=cfg.n_qubits, n_layers=cfg.n_layers)
+    return model
+
+
+def build_arm(arm: str, model: nn.Module, cfg: AblationConfig) -> torch.optim.Optimizer:
+    if arm == "adam":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    metric = "fubini-study" if arm == "qng-fs" else "pullback"
+    return QNGAdamW(model, lr=cfg.lr, metric=metric, damping=cfg.damping, recompute_every=cfg.recompute_every,
+                    quantum_lr=cfg.qng_lr, max_inputs=cfg.max_inputs, betas=(0.9, 0.999))
+
+
+def load_data(corpus: str):
+    from ..data import prepare_data
+
+    return prepare_data(corpus, "char")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data, cfg: AblationConfig) -> float:
+    model.eval()
+    g = torch.Generator().manual_seed(1234)
+    losses = [lm_loss(model(x), y).item()
+              for x, y in (data.get_batch("val", cfg.batch_size, cfg.block_size, g) for _ in range(cfg.eval_batches))]
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def train_one(arm: str, seed: int, cfg: AblationConfig, data) -> dict:
+    model = build_model(cfg, data.vocab_size, seed)
+    opt = build_arm(arm, model, cfg)
+    g = torch.Generator().manual_seed(10_000 + seed)
+    curve = []
+    for step in range(cfg.steps):
+        x, y = data.get_batch("train", cfg.batch_size, cfg.block_size, g)
+        opt.zero_grad(set_to_none=True)
+        loss = lm_loss(model(x), y)
+        if not math.isfinite(loss.item()):
+            raise InfogeomError(f"{arm} diverged at step {step} (seed {seed}); lower the learning rate")
+        loss.backward()
+        opt.step()
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            curve.append((step + 1, evaluate(model, data, cfg)))
+    return {"arm": arm, "seed": seed, "final_val_loss": curve[-1][1], "curve": curve}
+
+
+def run_ablation(cfg: AblationConfig, data=None, progress: bool = True) -> dict:
+    """Train every arm for every seed; returns ``{"config", "runs", "summary"}`` (summary: mean/std per arm)."""
+    if cfg.task not in TASKS:
+        raise InfogeomError(f"task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
+    bad = [a for a in cfg.arms if a not in ARMS]
+    if bad:
+        raise InfogeomError(f"unknown arm(s) {', '.join(bad)}; choose from {', '.join(ARMS)}")
+    if cfg.seeds < 1 or cfg.steps < 1:
+        raise InfogeomError("seeds and steps must be positive")
+    data = load_data(cfg.corpus) if data is None else data
+    jobs = [(arm, seed) for seed in range(cfg.seeds) for arm in cfg.arms]
+    runs = [train_one(arm, seed, cfg, data) for arm, seed in tqdm(jobs, desc="ablation", disable=not progress)]
+    summary = {}
+    for arm in cfg.arms:
+        finals = [r["final_val_loss"] for r in runs if r["arm"] == arm]
+        summary[arm] = {"mean": statistics.fmean(finals), "std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+                        "n": len(finals)}
+    return {"config": asdict(cfg), "vocab_size": data.vocab_size, "runs": runs, "summary": summary}
+
+
+def format_summary(result: dict) -> str:
+    cfg = result["config"]
+    lines = [f"task={cfg['task']} corpus={cfg['corpus']} steps={cfg['steps']} seeds={cfg['seeds']} "
+             f"qubits={cfg['n_qubits']} layers={cfg['n_layers']} lr={cfg['lr']} qng_lr={cfg['qng_lr']}",
+             f"{'arm':<14} {'final val loss (mean ± std)':>28}"]
+    for arm, s in result["summary"].items():
+        lines.append(f"{arm:<14} {s['mean']:>18.4f} ± {s['std']:.4f}")
+    return "\n".join(lines)
+
+
+def plot_curves(result: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm in result["summary"]:
+        curves = [r["curve"] for r in result["runs"] if r["arm"] == arm]
+        steps = [s for s, _ in curves[0]]
+        vals = torch.tensor([[v for _, v in c] for c in curves])
+        mean = vals.mean(0)
+        std = vals.std(0) if len(curves) > 1 else torch.zeros_like(mean)
+        ax.plot(steps, mean, label=arm)
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    ax.set(xlabel="step", ylabel="validation loss (nats/char)", title=f"hybrid {result['config']['task']} LM")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
