@@ -1,21 +1,23 @@
 """Time-to-target benchmark of the optimizers on the default corpus and model, all in one run.
 
 Every run trains the same model (``GPTConfig`` defaults, char-level Shakespeare, the trainer's default batch
-32 × 128) from the same seed and data order with :func:`infogeom.train.train`, for a fixed budget of *training*
-seconds (evaluation excluded: the trainer's ``train_time``), constant learning rate after a 50-step warmup, weight
-decay 0.1, gradient clipping 1.0. Each optimizer's learning rate is tuned on a grid (≥ 4 values for the baselines
-in a full run); its best run (lowest time to target, then lowest validation loss) represents it. Reported per
-optimizer: steps and seconds to reach the target validation loss, best validation loss within the budget, seconds
-per step, and the ratios of these to AdamW's. The target defaults to the best validation loss of the tuned AdamW
-run ("time to AdamW's final loss").
+32 × 128) from the same seed and data order with :func:`infogeom.train.train`, for a fixed budget of
+*training* seconds (evaluation excluded: the trainer's ``train_time``), constant learning rate after a 50-step
+warmup, weight decay 0.1, gradient clipping 1.0. Each optimizer's learning rate is tuned on a grid (≥ 4 values
+for the baselines in a full run); its best run (lowest time to target, then lowest validation loss) represents
+it. Reported per optimizer: steps and seconds to reach the target validation loss, best validation loss within
+the budget, seconds per step, and the ratios of these to AdamW's. The target defaults to the best validation
+loss of the tuned AdamW run ("time to AdamW's final loss").
 
-Baselines: ``torch.optim.AdamW``; Muon + AdamW (``torch.optim.Muon`` on hidden matrices, modded-nanogpt recipe);
-SOAP from ``heavyball`` (``pip install heavyball``; torch.compile disabled so no compilation warm-up is timed).
+Baselines: ``torch.optim.AdamW``; Muon + AdamW (``torch.optim.Muon`` on hidden matrices, modded-nanogpt
+recipe); SOAP from ``heavyball`` (``pip install heavyball``; torch.compile disabled so no compilation warm-up
+is timed).
 
     python benchmarks/optimizers.py            # full run: ~45 min on 2 quiet cores
     python benchmarks/optimizers.py --quick    # smoke run: ~3 min
 
-Writes ``benchmarks/results/optimizers.json`` and ``optimizers.png`` (validation loss versus training seconds).
+Writes ``benchmarks/results/optimizers.json`` and ``optimizers.png`` (validation loss versus training
+seconds).
 """
 
 from __future__ import annotations
@@ -142,7 +144,8 @@ def plot(best: dict[str, Run], runs: list[Run], target: float, path: Path) -> No
             if other.name == name and other is not r and other.curve:
                 ax.plot(*zip(*[(t, v) for t, _, v in other.curve]), color=color, alpha=0.2, lw=0.8)
         if r.curve:
-            ax.plot(*zip(*[(t, v) for t, _, v in r.curve]), color=color, lw=1.8, label=f"{name} (lr {r.lr:g})")
+            ax.plot(*zip(*[(t, v) for t, _, v in r.curve]), color=color, lw=1.8,
+                    label=f"{name} (lr {r.lr:g})")
     ax.axhline(target, color="k", ls=":", lw=1, label=f"target {target:.3f}")
     ax.set_xlabel("training seconds (evaluation excluded)")
     ax.set_ylabel("validation loss (nats/char)")
@@ -155,7 +158,8 @@ def plot(best: dict[str, Run], runs: list[Run], target: float, path: Path) -> No
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke run: tiny budgets, one or two lrs per optimizer")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: tiny budgets, one or two lrs per optimizer")
     p.add_argument("--budget", type=float, help="training seconds per run (default 95, quick 6)")
     p.add_argument("--target", type=float, help="target validation loss (default: tuned AdamW's best)")
     p.add_argument("--optimizers", default=",".join(GRIDS), help="comma-separated subset (adamw is required)")
@@ -181,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             for lr in QUICK_GRIDS[name] if args.quick else grid:
                 run = run_one(name, lr, options, args, Path(tmp))
                 runs.append(run)
-                status = run.error or f"{run.steps} steps, best val {run.best_val:.4f}, {run.sec_per_step:.3f} s/step"
+                status = run.error or (f"{run.steps} steps, best val {run.best_val:.4f}, "
+                                       f"{run.sec_per_step:.3f} s/step")
                 print(f"{name:6s} lr {lr:<7g} {status}", flush=True)
 
     adamw_ok = [r for r in runs if r.name == "adamw" and r.curve]

@@ -2,8 +2,8 @@
 
 Default: the quantum bigram LM (token embedding → angle embedding into 5 qubits → 2-layer hardware-efficient
 circuit → ⟨Z⟩ → linear to the vocabulary) on the Shakespeare characters, 200 steps, 5 seeds per arm; a few
-minutes on 2 CPU cores. ``--task gpt`` runs a one-block GPT whose MLP is the quantum layer instead. Same options as
-``infogeom quantum-ablation`` (see ``--help``).
+minutes on 2 CPU cores. ``--task gpt`` runs a one-block GPT whose MLP is the quantum layer instead. Same
+options as ``infogeom quantum-ablation`` (see ``--help``).
 
     python examples/quantum_ablation.py [--seeds 5] [--steps 200] [--task bigram|gpt]
 """

@@ -1,6 +1,6 @@
 """Noise scale (closed form for Gaussian linear regression; brute-force per-sequence gradients), landscape
-slices
-(independent evaluation of perturbed model copies), block partitions and block spectra (dense sub-blocks)."""
+slices (independent evaluation of perturbed model copies), block partitions and block spectra (dense
+sub-blocks)."""
 
 import copy
 import math

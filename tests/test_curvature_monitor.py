@@ -1,5 +1,5 @@
-"""CurvatureMonitor in a real (tiny) training run: logged values against a dense float64 Hessian of the saved
-checkpoint, and the time-budget logic on a scripted trainer clock."""
+"""CurvatureMonitor in a real (tiny) training run: logged values against a dense float64 Hessian of the
+saved checkpoint, and the time-budget logic on a scripted trainer clock."""
 
 import json
 import math

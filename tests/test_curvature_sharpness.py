@@ -1,5 +1,6 @@
-"""Sharpness measures against closed forms (quadratics, trust-region optimum), dense float64 oracles (scipy's
-generalized eigh on jacrev Hessian/Fisher), hand-replayed Adam moments, and simulated optimizer stability."""
+"""Sharpness measures against closed forms (quadratics, trust-region optimum), dense float64 oracles
+(scipy's generalized eigh on jacrev Hessian/Fisher), hand-replayed Adam moments, and simulated optimizer
+stability."""
 
 import copy
 import math
@@ -131,8 +132,9 @@ def gpt_curvatures():
 
 
 def test_fisher_rao_sharpness_matches_dense_generalized_eigh(gpt_curvatures):
-    """Matrix-free H against scipy's dense generalized eigh; F enters as the jacrev oracle's matrix (its exact
-    solve keeps the test fast; FisherOperator's own CG solve is the geometry module's, tested there)."""
+    """Matrix-free H against scipy's dense generalized eigh; F enters as the jacrev oracle's matrix (its
+    exact solve keeps the test fast; FisherOperator's own CG solve is the geometry module's, tested
+    there)."""
     model, batch, H, F = gpt_curvatures
     damping = 0.05
     ref = scipy.linalg.eigh(

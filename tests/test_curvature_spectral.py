@@ -1,5 +1,5 @@
-"""Eigenpairs, traces, diagonals and SLQ densities against dense float64 oracles (known spectra, and the tiny
-GPT's Hessian from jacrev(grad(f)) with torch.linalg.eigvalsh)."""
+"""Eigenpairs, traces, diagonals and SLQ densities against dense float64 oracles (known spectra, and the
+tiny GPT's Hessian from jacrev(grad(f)) with torch.linalg.eigvalsh)."""
 
 import math
 

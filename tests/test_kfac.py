@@ -201,9 +201,13 @@ def test_ekfac_is_the_frobenius_projection_and_beats_kfac_on_one_layer():
 def test_capture_accumulates_from_the_callers_backward():
     """Optimizer-style use: attach once, run training forwards/backwards, read (and reset) the factors."""
     model, b1, b2 = tiny_gpt(), random_batch(seed=1), random_batch(seed=2)
+    plain = model(b1[0])
     capture = KFACCapture(model, approx="expand", fisher="empirical").attach()
+    outputs = []
     for x, y in (b1, b2):
-        lm_loss(model(x), y).backward()
+        outputs.append(model(x))
+        lm_loss(outputs[-1], y).backward()
+    assert torch.equal(outputs[0], plain)  # the wpe lookup expanded to [B, T, C] gives the same output
     with torch.no_grad():
         model(b1[0])  # evaluation forwards are ignored
     capture.enabled = False

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 from conftest import random_batch, tiny_gpt
+from test_train import one_thread_fixture  # noqa: F401  (tiny models: one thread)
 
 from infogeom.errors import InfogeomError
 from infogeom.models import GPT, GPTConfig, generate, lm_loss, math_attention

@@ -1,8 +1,8 @@
 """K-FAC / EK-FAC / NGCG under DDP: 2 gloo processes (``torch.distributed.run``) with different data per rank.
 
-Every rank must end with bit-identical parameters (factors all-reduced, decompositions split over the ranks and
-broadcast, CG products averaged). Oracle for the all-reduce itself: the factor state after one step equals the
-mean over ranks of each rank's local empirical K-FAC factors, computed here with
+Every rank must end with bit-identical parameters (factors all-reduced, decompositions split over the ranks
+and broadcast, CG products averaged). Oracle for the all-reduce itself: the factor state after one step equals
+the mean over ranks of each rank's local empirical K-FAC factors, computed here with
 :func:`infogeom.geometry.kfac.kfac_factors`.
 """
 
@@ -12,7 +12,7 @@ import sys
 import textwrap
 
 import torch
-from test_optim_training import markov_batches, small_gpt
+from test_optim_training import small_gpt
 
 from infogeom.geometry.kfac import kfac_factors
 

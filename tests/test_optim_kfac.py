@@ -1,9 +1,9 @@
 """K-FAC / EK-FAC steps against dense float64 oracles on a model whose Fisher is exactly Kronecker.
 
-Model: one linear layer z = W a + b on one token per sequence (x [N, 1, d] -> logits [N, 1, V]). Its exact Fisher is
-F = (1/N) Σ_n M_n ⊗ ã_n ã_nᵀ (ã = [a; 1], row-major [W | b]), M_n = diag(p_n) − p_n p_nᵀ. With W = 0, b = 0 every
-p_n is uniform, so F = G ⊗ A exactly with G = M, A = (1/N) Σ ã ãᵀ. The oracle Fisher is built from the full
-Jacobian (``torch.func.jacrev``), independently of the hooks.
+Model: one linear layer z = W a + b on one token per sequence (x [N, 1, d] -> logits [N, 1, V]). Its exact
+Fisher is F = (1/N) Σ_n M_n ⊗ ã_n ã_nᵀ (ã = [a; 1], row-major [W | b]), M_n = diag(p_n) − p_n p_nᵀ. With W =
+0, b = 0 every p_n is uniform, so F = G ⊗ A exactly with G = M, A = (1/N) Σ ã ãᵀ. The oracle Fisher is built
+from the full Jacobian (``torch.func.jacrev``), independently of the hooks.
 """
 
 import math
@@ -70,7 +70,8 @@ def test_fisher_of_the_test_model_is_exactly_kronecker():
     a = torch.cat([x.reshape(N, D_IN), torch.ones(N, 1, dtype=torch.float64)], dim=1)
     A, G = a.T @ a / N, (torch.eye(V, dtype=torch.float64) - 1 / V) / V
     F = dense_fisher(model, x)
-    perm = torch.cat([torch.arange(V * D_IN).reshape(V, D_IN), V * D_IN + torch.arange(V)[:, None]], 1).reshape(-1)
+    rows = torch.arange(V * D_IN).reshape(V, D_IN)
+    perm = torch.cat([rows, V * D_IN + torch.arange(V)[:, None]], 1).reshape(-1)  # [vec(W), b] -> [W | b]
     torch.testing.assert_close(F[perm][:, perm], torch.kron(G, A), rtol=1e-12, atol=1e-14)
 
 
@@ -109,8 +110,9 @@ def test_kl_clip_bounds_the_quadratic_form_of_the_step():
 
 
 def test_ekfac_first_step_is_normalized_descent_in_the_fisher_eigenbasis():
-    """At t = 1 the bias-corrected moments are m = X, v = Y² with Y = Q_Lᵀ X Q_R, so Δ = Q_L (Y ⊘ (|Y| + ε)) Q_Rᵀ;
-    with W ≠ 0 the factors G = (1/N) Σ M_n, A = (1/N) Σ ã ãᵀ have simple spectra (the basis is unique)."""
+    """At t = 1 the bias-corrected moments are m = X, v = Y² with Y = Q_Lᵀ X Q_R, so Δ = Q_L (Y ⊘ (|Y| + ε))
+    Q_Rᵀ; with W ≠ 0 the factors G = (1/N) Σ M_n, A = (1/N) Σ ã ãᵀ have simple spectra (the basis is
+    unique)."""
     model, (x, y) = linear_model(zero=False), data()
     lr, eps = 0.01, 1e-8  # ε ≫ round-off of the null row of G (Σ_v ∂L/∂z_v = 0), ≪ the other entries
     a = torch.cat([x.reshape(N, D_IN), torch.ones(N, 1, dtype=torch.float64)], dim=1)

@@ -19,10 +19,12 @@ def test_muon_on_hidden_matrices_adamw_elsewhere_equal_the_standalone_torch_opti
     hidden = [n for n in named if n.startswith("blocks.") and n.endswith("weight") and named[n].ndim == 2]
     rest = [n for n in named if n not in hidden]
     assert "wte.weight" in rest and "wpe.weight" in rest and len(hidden) == 8
-    muon = torch.optim.Muon([named[n] for n in hidden], lr=3e-3, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
-    adamw = torch.optim.AdamW([{"params": [named[n] for n in rest if named[n].ndim >= 2], "weight_decay": 0.1},
-                               {"params": [named[n] for n in rest if named[n].ndim < 2], "weight_decay": 0.0}],
-                              lr=3e-3, betas=(0.9, 0.95))
+    muon = torch.optim.Muon([named[n] for n in hidden], lr=3e-3, weight_decay=0.1,
+                            adjust_lr_fn="match_rms_adamw")
+    matrices = [named[n] for n in rest if named[n].ndim >= 2]
+    vectors = [named[n] for n in rest if named[n].ndim < 2]
+    adamw = torch.optim.AdamW([{"params": matrices, "weight_decay": 0.1},
+                               {"params": vectors, "weight_decay": 0.0}], lr=3e-3, betas=(0.9, 0.95))
     ref_sched = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 0.5 ** s) for o in (muon, adamw)]
 
     g = torch.Generator().manual_seed(0)

@@ -16,7 +16,8 @@ def setup(seed=0):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(D_IN, V)).double()
     g = torch.Generator().manual_seed(seed)
-    return model, torch.randn(N, T, D_IN, generator=g, dtype=torch.float64), torch.randint(0, V, (N, T), generator=g)
+    x = torch.randn(N, T, D_IN, generator=g, dtype=torch.float64)
+    return model, x, torch.randint(0, V, (N, T), generator=g)
 
 
 def dense(model, x, y):

@@ -1,5 +1,5 @@
-"""Training behaviour of every registered optimizer on a small GPT: progress versus SGD, bit-exact resume through
-``state_dict``, LR schedulers, and survival of non-finite gradients / failed decompositions."""
+"""Training behaviour of every registered optimizer on a small GPT: progress versus SGD, bit-exact resume
+through ``state_dict``, LR schedulers, and survival of non-finite gradients / failed decompositions."""
 
 import io
 import warnings
@@ -27,7 +27,8 @@ def small_gpt() -> GPT:
 
 
 def markov_batches(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Sequences from a fixed sparse Markov chain (each token has 2 likely successors): learnable structure."""
+    """Sequences from a fixed sparse Markov chain (each token has 2 likely successors): learnable
+    structure."""
     g = torch.Generator().manual_seed(1234)
     logits = torch.full((VOCAB, VOCAB), -4.0)
     logits[torch.arange(VOCAB)[:, None], torch.randint(0, VOCAB, (VOCAB, 2), generator=g)] = 2.0
@@ -61,7 +62,8 @@ def sgd_best() -> float:
     for lr in (0.1, 0.3, 1.0, 3.0):
         model = small_gpt()
         losses = train(model, build_optimizer("sgd", model, lr), batches)
-        results.append(sum(losses[-10:]) / 10 if all(map(torch.isfinite, torch.tensor(losses))) else float("inf"))
+        finite = bool(torch.isfinite(torch.tensor(losses)).all())
+        results.append(sum(losses[-10:]) / 10 if finite else float("inf"))
     return min(results)
 
 

@@ -10,7 +10,8 @@ def test_quantum_ablation_cli_writes_table_json_and_plot(tmp_path, capsys):
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 200)
     out = tmp_path / "ablation.json"
     for task in ("bigram", "gpt"):
-        rc = main(["quantum-ablation", "--task", task, "--corpus", str(corpus), "--seeds", "2", "--steps", "4",
+        rc = main(["quantum-ablation", "--task", task, "--corpus", str(corpus), "--seeds", "2",
+                   "--steps", "4",
                    "--batch-size", "2", "--block-size", "8", "--n-qubits", "2", "--n-layers", "1",
                    "--n-embd", "4", "--recompute-every", "2", "--out", str(out)])
         assert rc == 0

@@ -14,9 +14,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     d = AblationConfig()
     p.add_argument("--task", choices=TASKS, default=d.task,
-                   help="bigram: embedding → quantum layer → vocabulary (the circuit carries the model); gpt: "
+                   help="bigram: embedding → quantum layer → vocabulary (the circuit carries the model); "
+                   "gpt: "
                    "one-block GPT whose MLP is a quantum layer (default: %(default)s)")
-    p.add_argument("--corpus", default=d.corpus, help="shakespeare, pydoc, a .txt file (default: %(default)s)")
+    p.add_argument("--corpus", default=d.corpus,
+                   help="shakespeare, pydoc, a .txt file (default: %(default)s)")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(d.arms), help="optimizers to compare")
     p.add_argument("--seeds", type=int, default=d.seeds, help="seeds per arm (default: %(default)s)")
     p.add_argument("--steps", type=int, default=d.steps, help="training steps (default: %(default)s)")

@@ -126,5 +126,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"checkpoint:  {result.checkpoint}")
     if result.tensorboard_dir is not None:
         print(f"tensorboard: tensorboard --logdir {result.tensorboard_dir}")
-    print(f"sample:      infogeom sample {result.checkpoint} --prompt 'ROMEO:'")
+    print(f"sample:      infogeom sample {result.checkpoint} --tokens 300")
     return 0

@@ -1,8 +1,6 @@
 """Curvature diagnostics on any :class:`~infogeom.geometry.CurvatureOperator` (Hessian, GGN, Fisher, K-FAC,
-dense):
-eigenpairs, traces, spectral densities, per-block spectra, sharpness, gradient noise scale, loss landscapes,
-and a
-training-time :class:`CurvatureMonitor`."""
+dense): eigenpairs, traces, spectral densities, per-block spectra, sharpness, gradient noise scale, loss
+landscapes, and a training-time :class:`CurvatureMonitor`."""
 
 from .blocks import GRANULARITIES, BlockSpectra, block_spectra, js_distance, parameter_blocks
 from .density import SpectralDensity, broaden, spectral_density

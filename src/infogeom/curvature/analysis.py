@@ -1,14 +1,14 @@
 """One-shot curvature report of a model on a batch: the computations behind ``infogeom curvature``.
 
 Each item of ``what`` computes one family of diagnostics, writes ``<item>.json`` (and a PNG where a plot
-helps)
-into ``out_dir`` and returns table rows ``(quantity, value, detail)``:
+helps) into ``out_dir`` and returns table rows ``(quantity, value, detail)``:
 
 - ``eig``: top-k eigenvalues of the operator (Lanczos) with residuals;
 - ``trace``: Hutchinson and Hutch++ traces with standard errors;
 - ``density``: SLQ spectral density (``density.png``);
 - ``blocks``: per-block spectra and the block heterogeneity (``blocks.png``);
-- ``sharpness``: λ_max(H), SAM and ASAM ε-sharpness, and (with an optimizer) λ_max(P⁻¹H) vs its EoS threshold;
+- ``sharpness``: λ_max(H), SAM and ASAM ε-sharpness, and (with an optimizer) λ_max(P⁻¹H) vs its EoS
+  threshold;
 - ``noise``: gradient noise scale B_simple, B_noise;
 - ``landscape``: filter-normalized 2-D (or 1-D) loss slice (``landscape.png``);
 - ``interpolate``: loss along the line to a second parameter set (``interpolation.png``).

@@ -1,21 +1,21 @@
-"""Per-block spectra and block heterogeneity (in the spirit of Zhang et al. 2024, "Why Transformers Need Adam:
-A Hessian Perspective", arXiv 2402.16788).
+"""Per-block spectra and block heterogeneity (in the spirit of Zhang et al. 2024, "Why Transformers Need
+Adam: A Hessian Perspective", arXiv 2402.16788).
 
-A *block* is a set S of flat parameter coordinates; its spectrum is that of the principal sub-block A_SS (the
-curvature seen by a per-block optimizer). Partitions of an operator's parameters (``granularity``):
+A *block* is a set S of flat parameter coordinates; its spectrum is that of the principal sub-block A_SS
+(the curvature seen by a per-block optimizer). Partitions of an operator's parameters (``granularity``):
 
 - ``tensor``   — each parameter tensor;
 - ``module``   — each module (weight and bias together, e.g. ``blocks.0.attn.c_attn``);
-- ``sublayer`` — per transformer layer i: ``layer{i}.attn``, ``layer{i}.mlp``, ``layer{i}.ln_1`` …; parameters
-  outside the layers (embeddings, final norm, head) are grouped by module;
+- ``sublayer`` — per transformer layer i: ``layer{i}.attn``, ``layer{i}.mlp``, ``layer{i}.ln_1`` …;
+  parameters outside the layers (embeddings, final norm, head) are grouped by module;
 - ``layer``    — per transformer layer (``blocks.i`` / ``h.i`` / ``layers.i``), others by module;
 - ``head``     — per attention head h of each layer: the rows of c_attn (and its bias) producing q, k, v of
-  head
-  h plus the columns of c_proj consuming head h's output (nn.Linear layout [out, in] as in infogeom's GPT, or
-  Hugging Face Conv1D layout [in, out], detected from c_attn's shape). Other parameters are not in any block.
+  head h plus the columns of c_proj consuming head h's output (nn.Linear layout [out, in] as in infogeom's
+  GPT, or Hugging Face Conv1D layout [in, out], detected from c_attn's shape). Other parameters are not in
+  any block.
 
-Block densities come from SLQ with all blocks advanced together: probes live on their block's coordinates and
-products are masked, (M ⊙ A V), so one ``matmat`` per Lanczos step serves every block.
+Block densities come from SLQ with all blocks advanced together: probes live on their block's coordinates
+and products are masked, (M ⊙ A V), so one ``matmat`` per Lanczos step serves every block.
 
 Heterogeneity. With ρ_b the block densities on one common grid (common σ), discretized and normalized to
 probability vectors p_b, the Jensen–Shannon distance is

@@ -1,21 +1,16 @@
 """Spectral density by stochastic Lanczos quadrature (SLQ; Ubaru, Chen & Saad 2017; Ghorbani et al. 2019).
 
 The empirical spectral density of a symmetric P×P operator is ρ(t) = (1/P) Σ_j δ(t − λ_j). For a Rademacher
-probe
-v, vᵀ f(A) v / vᵀv = Σ_j (u_jᵀv)²/P f(λ_j) is a quadrature against ρ that m Lanczos steps from v/‖v‖
-approximate
-by Gauss quadrature with nodes θ_i = eig(T_m) and weights w_i = (first component of T_m's i-th eigenvector)²
-(Σ_i w_i = 1; exact for polynomials of degree ≤ 2m − 1). Averaging n probes and replacing each node by a
-Gaussian
-of width σ gives
+probe v, vᵀ f(A) v / vᵀv = Σ_j (u_jᵀv)²/P f(λ_j) is a quadrature against ρ that m Lanczos steps from v/‖v‖
+approximate by Gauss quadrature with nodes θ_i = eig(T_m) and weights w_i = (first component of T_m's i-th
+eigenvector)² (Σ_i w_i = 1; exact for polynomials of degree ≤ 2m − 1). Averaging n probes and replacing each
+node by a Gaussian of width σ gives
 
     ρ̂(t) = (1/n) Σ_probes Σ_i w_i N(t; θ_i, σ²),
 
 whose moments (without the broadening) estimate tr(A^k)/P: ∫t^k ρ = (1/n) Σ Σ w_i θ_i^k (unbiased for k ≤
-2m−1).
-Note the weights are the squared *first components*, not whole eigenvectors (PyHessian PR #23 fixed exactly
-that).
-Cost: n·m operator products (probes batched in one ``matmat`` per step), memory O(n·m·P).
+2m−1). Note the weights are the squared *first components*, not whole eigenvectors (PyHessian PR #23 fixed
+exactly that). Cost: n·m operator products (probes batched in one ``matmat`` per step), memory O(n·m·P).
 """
 
 from __future__ import annotations
@@ -32,8 +27,9 @@ from .lanczos import lanczos_quadrature
 
 @dataclass
 class SpectralDensity:
-    """SLQ density as data: ``grid [G]``, ``density [G]`` (integrates to ≈ 1), quadrature ``nodes [n, m]`` and
-    ``weights [n, m]`` (per probe; rows sum to 1), Gaussian width ``sigma``, operator dimension ``dim``."""
+    """SLQ density as data: ``grid [G]``, ``density [G]`` (integrates to ≈ 1), quadrature ``nodes [n, m]``
+    and ``weights [n, m]`` (per probe; rows sum to 1), Gaussian width ``sigma``, operator dimension
+    ``dim``."""
 
     grid: torch.Tensor
     density: torch.Tensor
@@ -98,8 +94,8 @@ def spectral_density(
 ) -> SpectralDensity:
     """SLQ spectral density of ``op`` from ``num_probes`` Rademacher probes × ``steps`` Lanczos steps.
 
-    ``sigma`` (absolute) overrides ``sigma_rel`` (relative to the node range); ``grid`` overrides the default
-    grid.
+    ``sigma`` (absolute) overrides ``sigma_rel`` (relative to the node range); ``grid`` overrides the
+    default grid.
     """
     if int(num_probes) < 1:
         raise InfogeomError(f"need at least one probe, got {num_probes}")

@@ -5,18 +5,16 @@ One Krylov engine serves three estimators:
 - :func:`eigsh` — top-k eigenpairs of a symmetric A (thick-restart Lanczos, Wu & Simon 2000), stopped by a
   residual test ‖A v − θ v‖ ≤ max(tol·|θ|, 10ε‖A‖) rather than a fixed iteration count;
 - :func:`generalized_eigsh` — the pencil A v = θ B v with B symmetric positive definite (Lanczos on B⁻¹A in
-  the
-  B-inner product ⟨u, v⟩_B = uᵀBv); used for preconditioned and Fisher–Rao sharpness;
+  the B-inner product ⟨u, v⟩_B = uᵀBv); used for preconditioned and Fisher–Rao sharpness;
 - :func:`lanczos_quadrature` — m-point Gauss quadrature nodes/weights of vᵀ f(A) v for a batch of probes
   (SLQ).
 
-The basis Q is kept B-orthonormal by two passes of classical Gram–Schmidt per step ("twice is enough") and the
-projected matrix T = Qᵀ A Q is stored densely (tridiagonal up to round-off). With r the current residual
-vector,
-A Q = B Q T + r e_mᵀ, so the Ritz pair (θ_i, Q y_i) has residual |y_{m,i}|·‖r‖ (in B⁻¹-norm) for free. A thick
-restart keeps the wanted Ritz vectors and continues from r, which keeps memory at ``max_basis`` vectors.
-Cost per step: one operator product (plus one B product and one B-solve for the generalized problem) and
-O(m·P) for re-orthogonalization; memory O(m·P).
+The basis Q is kept B-orthonormal by two passes of classical Gram–Schmidt per step ("twice is enough") and
+the projected matrix T = Qᵀ A Q is stored densely (tridiagonal up to round-off). With r the current residual
+vector, A Q = B Q T + r e_mᵀ, so the Ritz pair (θ_i, Q y_i) has residual |y_{m,i}|·‖r‖ (in B⁻¹-norm) for
+free. A thick restart keeps the wanted Ritz vectors and continues from r, which keeps memory at
+``max_basis`` vectors. Cost per step: one operator product (plus one B product and one B-solve for the
+generalized problem) and O(m·P) for re-orthogonalization; memory O(m·P).
 """
 
 from __future__ import annotations
@@ -36,9 +34,9 @@ WHICH = ("LA", "SA", "LM")
 
 @dataclass
 class EigenResult:
-    """Eigenpairs ``values [k]`` (ordered by ``which``), ``vectors [P, k]`` (B-orthonormal), explicit residual
-    norms ``residuals [k]`` = ‖A v − θ B v‖, ``converged`` (all k passed the test) and ``matvecs`` (A
-    products)."""
+    """Eigenpairs ``values [k]`` (ordered by ``which``), ``vectors [P, k]`` (B-orthonormal), explicit
+    residual norms ``residuals [k]`` = ‖A v − θ B v‖, ``converged`` (all k passed the test) and ``matvecs``
+    (A products)."""
 
     values: torch.Tensor
     vectors: torch.Tensor
@@ -59,12 +57,11 @@ class KrylovBasis:
     """B-orthonormal Krylov bases for ``b`` independent start vectors at once (batched over columns).
 
     ``apply(V [P, b]) -> S V`` with S = B⁻¹A (or A); ``metric(V) -> B V`` (None: B = I). ``Q [b, capacity,
-    P]``,
-    ``T [b, capacity, capacity]``; ``size`` vectors are in use. After a breakdown (invariant subspace found,
-    ‖r‖ ≈ 0) the next vector is a random one orthogonalized against the basis, so T stays block-diagonal
-    there;
-    ``support [P, b]`` (0/1) confines those random vectors to each column's coordinates (``apply`` must keep
-    them there too), and once a column's space is exhausted its further vectors are zero (Ritz weight 0).
+    P]``, ``T [b, capacity, capacity]``; ``size`` vectors are in use. After a breakdown (invariant subspace
+    found, ‖r‖ ≈ 0) the next vector is a random one orthogonalized against the basis, so T stays
+    block-diagonal there; ``support [P, b]`` (0/1) confines those random vectors to each column's
+    coordinates (``apply`` must keep them there too), and once a column's space is exhausted its further
+    vectors are zero (Ritz weight 0).
     """
 
     def __init__(
@@ -249,11 +246,10 @@ def eigsh(
     'LM' largest magnitude) by thick-restart Lanczos with full re-orthogonalization.
 
     Stops when every wanted Ritz pair has ‖A v − θ v‖ ≤ max(``tol``·|θ|, 10ε·max|θ|) (estimated from the
-    Krylov
-    relation; ε the dtype's machine epsilon), or after ``max_matvecs`` products (``converged=False``).
-    ``max_basis`` vectors are stored
-    (default max(2k + 20, 40)). The explicit residuals ‖A v − θ v‖ cost k extra products (``residuals=False``
-    skips them and returns the Krylov estimates |y_m|·‖r‖ instead).
+    Krylov relation; ε the dtype's machine epsilon), or after ``max_matvecs`` products
+    (``converged=False``). ``max_basis`` vectors are stored (default max(2k + 20, 40)). The explicit
+    residuals ‖A v − θ v‖ cost k extra products (``residuals=False`` skips them and returns the Krylov
+    estimates |y_m|·‖r‖ instead).
     """
     values, vectors, res, converged, matvecs = _krylov_eigsh(
         op.matmat,
@@ -290,7 +286,8 @@ def generalized_eigsh(
     residuals: bool = True,
     progress: bool = False,
 ) -> EigenResult:
-    """Top-k eigenpairs of the pencil A v = θ (B + δI) v, δ = ``damping``, B + δI symmetric positive definite.
+    """Top-k eigenpairs of the pencil A v = θ (B + δI) v, δ = ``damping``, B + δI symmetric positive
+    definite.
 
     Lanczos on S = (B + δI)⁻¹A, which is self-adjoint in ⟨u, v⟩_{B+δI}: each step costs one A product, one
     (B + δI) product and one ``B.solve(·, damping)`` (exact for diagonal/dense/K-FAC operators, CG with
@@ -340,13 +337,12 @@ def lanczos_quadrature(
     nodes.
 
     Returns ``nodes [n, m]`` (Ritz values of the m-step Lanczos matrix T started at v/‖v‖) and ``weights [n,
-    m]``
-    (squared first components of T's eigenvectors; each row sums to 1). The rule is exact for polynomials of
-    degree ≤ 2m − 1: Σ_i w_i θ_i^p = vᵀA^p v / vᵀv. All probes advance together (one ``matmat`` per step);
-    ``generator`` draws the restart vectors after a breakdown (only when m exceeds a Krylov space's
-    dimension).
-    ``op`` may also be a function ``V [P, n] -> A V`` (e.g. masked products for several blocks at once, with
-    ``support [P, n]`` the columns' coordinate masks; see :class:`KrylovBasis`).
+    m]`` (squared first components of T's eigenvectors; each row sums to 1). The rule is exact for
+    polynomials of degree ≤ 2m − 1: Σ_i w_i θ_i^p = vᵀA^p v / vᵀv. All probes advance together (one
+    ``matmat`` per step); ``generator`` draws the restart vectors after a breakdown (only when m exceeds a
+    Krylov space's dimension). ``op`` may also be a function ``V [P, n] -> A V`` (e.g. masked products for
+    several blocks at once, with ``support [P, n]`` the columns' coordinate masks; see
+    :class:`KrylovBasis`).
     """
     apply = op.matmat if isinstance(op, CurvatureOperator) else op
     m = min(int(steps), probes.shape[0])

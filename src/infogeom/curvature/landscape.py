@@ -1,14 +1,13 @@
-"""Loss-landscape slices (Li, Xu, Taylor, Studer & Goldstein 2018) and linear interpolation between parameter
-sets.
+"""Loss-landscape slices (Li, Xu, Taylor, Studer & Goldstein 2018) and linear interpolation between
+parameter sets.
 
 - 1D slice: L(θ + α d); 2D slice: L(θ + α d₁ + β d₂), for α, β on a grid in [−span, span].
 - Filter-normalized directions: d is Gaussian, then each *row* (first dimension: an output unit/filter of a
-  linear layer, a token of an embedding) of each weight tensor (ndim ≥ 2) is rescaled to the norm of the same
-  row
-  of the weights, d_r ← d_r ‖θ_r‖/‖d_r‖, so the slice is comparable across layers and scale-invariant
-  networks.
-  1-D tensors (biases, norm gains) follow ``one_dim``: 'zero' (default; Li et al.'s choice: they stay at θ),
-  'keep' (plain Gaussian entries) or 'filter' (the whole vector is one filter, rescaled to ‖θ‖).
+  linear layer, a token of an embedding) of each weight tensor (ndim ≥ 2) is rescaled to the norm of the
+  same row of the weights, d_r ← d_r ‖θ_r‖/‖d_r‖, so the slice is comparable across layers and
+  scale-invariant networks. 1-D tensors (biases, norm gains) follow ``one_dim``: 'zero' (default; Li et
+  al.'s choice: they stay at θ), 'keep' (plain Gaussian entries) or 'filter' (the whole vector is one
+  filter, rescaled to ‖θ‖).
 - Interpolation: L((1 − α) θ_a + α θ_b) for α in [α_min, α_max] (default [−0.25, 1.25]; α = 0 is θ_a, 1 is
   θ_b).
 
@@ -58,8 +57,8 @@ def filter_normalized_direction(
 
 @dataclass
 class LandscapeSlice:
-    """Losses on a grid: ``kind`` '1d' | '2d' | 'interpolation'; ``alphas [n]``, ``betas [m]`` (2-D only) and
-    ``losses [n]`` or ``[n, m]``; ``center_loss`` at α = β = 0."""
+    """Losses on a grid: ``kind`` '1d' | '2d' | 'interpolation'; ``alphas [n]``, ``betas [m]`` (2-D only)
+    and ``losses [n]`` or ``[n, m]``; ``center_loss`` at α = β = 0."""
 
     kind: str
     alphas: torch.Tensor

@@ -1,9 +1,9 @@
 """Curvature measured while a model trains, within a time budget.
 
 :class:`CurvatureMonitor` is a trainer :class:`~infogeom.train.Callback`. At the start it draws fixed probe
-batches (train and validation, from its own seeded generator, so every measurement sees the same data); every
-``every`` steps it computes the configured quantities on them and adds them to the step's metrics under
-``curv/<name>`` (so they land in metrics.jsonl and TensorBoard):
+batches (train and validation, from its own seeded generator, so every measurement sees the same data);
+every ``every`` steps it computes the configured quantities on them and adds them to the step's metrics
+under ``curv/<name>`` (so they land in metrics.jsonl and TensorBoard):
 
 - ``lambda_max``: top Hessian eigenvalue (Lanczos, relative residual ``tol``), and ``lambda_max_matvecs``;
 - ``hessian_trace``: Hutchinson trace of the Hessian (``probes`` probes) and its ``hessian_trace_se``;
@@ -13,11 +13,11 @@ batches (train and validation, from its own seeded generator, so every measureme
 - ``precond_sharpness``: the optimizer's λ_max(P⁻¹H) (Adam-type) or λ_max(H), its ``eos_threshold`` and
   ``eos_ratio`` = sharpness / threshold (≈ 1 at the edge of stability).
 
-Time budget: the trainer's ``train_time`` includes callback time, so the monitor's overhead is
-``spent / (train_time − spent)``. A due measurement is skipped when spent + (duration of the previous
-measurement) would exceed ``budget`` × (train_time − spent); skipped steps are counted, so measurements thin
-out automatically when they are expensive. The first measurement always runs (its cost is unknown until
-then). At the end the overhead is printed and written to ``<out_dir>/curvature_monitor.json``.
+Time budget: the trainer's ``train_time`` includes callback time, so the monitor's overhead is ``spent /
+(train_time − spent)``. A due measurement is skipped when spent + (duration of the previous measurement)
+would exceed ``budget`` × (train_time − spent); skipped steps are counted, so measurements thin out
+automatically when they are expensive. The first measurement always runs (its cost is unknown until then).
+At the end the overhead is printed and written to ``<out_dir>/curvature_monitor.json``.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ _NEEDS_HESSIAN = {"lambda_max", "hessian_trace", "precond_sharpness"}
 
 
 class CurvatureMonitor(Callback):
-    """Measure ``quantities`` (subset of :data:`MONITOR_QUANTITIES`) every ``every`` steps on a probe batch of
-    ``batch_size`` sequences (``block_size`` tokens, default the training block size), within ``budget``
+    """Measure ``quantities`` (subset of :data:`MONITOR_QUANTITIES`) every ``every`` steps on a probe batch
+    of ``batch_size`` sequences (``block_size`` tokens, default the training block size), within ``budget``
     (fraction of training time). ``probes``: Hutchinson probes; ``tol``: Lanczos residual tolerance;
     ``names``: parameter subset (default all); ``prefix``: metric-name prefix."""
 

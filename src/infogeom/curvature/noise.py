@@ -7,8 +7,8 @@ covariance Σ = Cov g:
     B_simple = tr(Σ) / |G|²,        B_noise = tr(HΣ) / (Gᵀ H G)        (the critical batch size ≈ B_noise).
 
 Estimator used here: *per-example gradients of one batch* (not the two-batch-size estimator of the paper's
-appendix). With ḡ the mean and S = (1/(B−1)) Σ_i (g_i − ḡ)(g_i − ḡ)ᵀ the unbiased sample covariance,
-E[ḡḡᵀ] = GGᵀ + Σ/B gives the unbiased estimates
+appendix). With ḡ the mean and S = (1/(B−1)) Σ_i (g_i − ḡ)(g_i − ḡ)ᵀ the unbiased sample covariance, E[ḡḡᵀ]
+= GGᵀ + Σ/B gives the unbiased estimates
 
     tr Σ ≈ tr S,   |G|² ≈ |ḡ|² − tr(S)/B,   tr(HΣ) ≈ tr(HS),   GᵀHG ≈ ḡᵀHḡ − tr(HS)/B,
 

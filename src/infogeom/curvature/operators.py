@@ -18,9 +18,9 @@ OPERATOR_KINDS = ("hessian", "ggn", "fisher", "fisher-mc", "fisher-empirical")
 
 
 class RestrictedOperator(CurvatureOperator):
-    """The principal sub-block A_SS = E_Sᵀ A E_S of ``op`` on the flat coordinates ``index [p]`` (E_S embeds a
-    [p] vector into [P] with zeros elsewhere). Any operator works; each product costs one product of ``op``.
-    The result is a single flat block named ``name``."""
+    """The principal sub-block A_SS = E_Sᵀ A E_S of ``op`` on the flat coordinates ``index [p]`` (E_S embeds
+    a [p] vector into [P] with zeros elsewhere). Any operator works; each product costs one product of
+    ``op``. The result is a single flat block named ``name``."""
 
     def __init__(self, op: CurvatureOperator, index: torch.Tensor, name: str = "block"):
         index = torch.as_tensor(index, dtype=torch.long, device=op.device)

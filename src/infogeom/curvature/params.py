@@ -1,4 +1,5 @@
-"""A model's loss as a function of one flat parameter vector (for ascent steps, landscapes, interpolation)."""
+"""A model's loss as a function of one flat parameter vector (for ascent steps, landscapes,
+interpolation)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """Power iteration with deflation (the baseline PyHessian uses; Lanczos in :mod:`.lanczos` is faster).
 
-Eigenpair i is found by iterating v ← A_i v / ‖A_i v‖ on the projection-deflated operator
-A_i = (I − V Vᵀ) A (I − V Vᵀ), V = [v_1 … v_{i−1}] the eigenvectors found so far. Each product gives the
-Rayleigh quotient θ = vᵀAv and the residual at no extra cost; iteration i stops when the deflated residual
-‖A_i v − θv‖ ≤ tol·|θ| (the reported residual ‖Av − θv‖ also carries the error of the earlier eigenvectors).
-Converges to the largest-|θ| eigenpairs at the rate |θ_{i+1}/θ_i| per product, so it can be
-much slower than Lanczos when the top of the spectrum is clustered.
+Eigenpair i is found by iterating v ← A_i v / ‖A_i v‖ on the projection-deflated operator A_i = (I − V Vᵀ) A
+(I − V Vᵀ), V = [v_1 … v_{i−1}] the eigenvectors found so far. Each product gives the Rayleigh quotient θ =
+vᵀAv and the residual at no extra cost; iteration i stops when the deflated residual ‖A_i v − θv‖ ≤ tol·|θ|
+(the reported residual ‖Av − θv‖ also carries the error of the earlier eigenvectors). Converges to the
+largest-|θ| eigenpairs at the rate |θ_{i+1}/θ_i| per product, so it can be much slower than Lanczos when the
+top of the spectrum is clustered.
 """
 
 from __future__ import annotations

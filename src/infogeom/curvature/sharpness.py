@@ -3,20 +3,18 @@ edge-of-stability threshold.
 
 - λ_max of the Hessian: :func:`~infogeom.curvature.eigsh` on a :class:`~infogeom.geometry.HessianOperator`.
 - ε-sharpness (Foret et al. 2021, SAM): S_ρ = max_{‖T⁻¹ε‖ ≤ ρ} L(θ + ε) − L(θ), T = I. The first-order
-  maximizer is ε = ρ g/‖g‖; ``steps`` > 1 continues by projected normalized ascent on u = T⁻¹ε,
-  u ← Proj_{‖u‖≤ρ}(u + ρ ∇_u/‖∇_u‖), keeping the largest loss seen. Adaptive (Kwon et al. 2021, ASAM):
-  T = diag(|θ| + η), so ε = ρ T² g / ‖T g‖ and the value is invariant to per-coordinate rescalings of θ (η =
-  0).
-- Fisher–Rao sharpness: the largest eigenvalue of the pencil H v = λ (F + δI) v,
-  λ_FR = max_v vᵀHv / vᵀ(F + δI)v — loss curvature per unit squared Fisher–Rao length (½vᵀFv ≈ KL between the
-  model's predictions at θ and θ + v). Under a reparameterization θ = φ(ψ) with Jacobian J, F ↦ JᵀFJ and, at a
-  critical point, H ↦ JᵀHJ, so λ_FR is invariant as δ → 0 (δ > 0 is needed where F is singular).
+  maximizer is ε = ρ g/‖g‖; ``steps`` > 1 continues by projected normalized ascent on u = T⁻¹ε, u ←
+  Proj_{‖u‖≤ρ}(u + ρ ∇_u/‖∇_u‖), keeping the largest loss seen. Adaptive (Kwon et al. 2021, ASAM): T =
+  diag(|θ| + η), so ε = ρ T² g / ‖T g‖ and the value is invariant to per-coordinate rescalings of θ (η = 0).
+- Fisher–Rao sharpness: the largest eigenvalue of the pencil H v = λ (F + δI) v, λ_FR = max_v vᵀHv / vᵀ(F +
+  δI)v — loss curvature per unit squared Fisher–Rao length (½vᵀFv ≈ KL between the model's predictions at θ
+  and θ + v). Under a reparameterization θ = φ(ψ) with Jacobian J, F ↦ JᵀFJ and, at a critical point, H ↦
+  JᵀHJ, so λ_FR is invariant as δ → 0 (δ > 0 is needed where F is singular).
 - Preconditioned sharpness (Cohen et al. 2022): λ_max(P⁻¹H) for an optimizer stepping θ ← θ − η P⁻¹ m. For
   Adam/AdamW, P = (1 − β1ᵗ) diag(√v̂ + ε), v̂ = v/(1 − β2ᵗ) (``exp_avg_sq``, step t), and the stability
-  threshold
-  is (2 + 2β1)/((1 − β1) η) (38/η at β1 = 0.9); for SGD, P = I and the threshold is 2/η, or (2 + 2β)/η with
-  heavy-ball momentum β, (2 + 2β)/((1 + 2β) η) with Nesterov (Cohen et al. 2021). Any operator with ``solve``
-  (diagonal, K-FAC, Fisher) can serve as P.
+  threshold is (2 + 2β1)/((1 − β1) η) (38/η at β1 = 0.9); for SGD, P = I and the threshold is 2/η, or (2 +
+  2β)/η with heavy-ball momentum β, (2 + 2β)/((1 + 2β) η) with Nesterov (Cohen et al. 2021). Any operator
+  with ``solve`` (diagonal, K-FAC, Fisher) can serve as P.
 """
 
 from __future__ import annotations
@@ -155,8 +153,8 @@ def _optimizer_params(
 def adam_preconditioner(
     optimizer: torch.optim.Optimizer, model: nn.Module, names: Sequence[str], dtype: torch.dtype | None = None
 ) -> DiagonalOperator:
-    """P = (1 − β1ᵗ)(√(v/(1 − β2ᵗ)) + ε) from an Adam/AdamW state (``exp_avg_sq``, or ``max_exp_avg_sq`` with
-    amsgrad) for the parameters ``names`` (flat, in that order) — the P of θ ← θ − η P⁻¹ m."""
+    """P = (1 − β1ᵗ)(√(v/(1 − β2ᵗ)) + ε) from an Adam/AdamW state (``exp_avg_sq``, or ``max_exp_avg_sq``
+    with amsgrad) for the parameters ``names`` (flat, in that order) — the P of θ ← θ − η P⁻¹ m."""
     diags = []
     pairs = _optimizer_params(optimizer, model, names)
     for p, group in pairs:
@@ -175,8 +173,9 @@ def adam_preconditioner(
 
 
 def eos_threshold(optimizer: torch.optim.Optimizer) -> dict:
-    """The edge-of-stability threshold of ``optimizer``'s first parameter group: ``{'kind', 'lr', 'threshold',
-    'gd_threshold'}`` (kind 'adam' uses λ_max(P⁻¹H); 'sgd'/'gd' use λ_max(H)); infinite when lr = 0."""
+    """The edge-of-stability threshold of ``optimizer``'s first parameter group: ``{'kind', 'lr',
+    'threshold', 'gd_threshold'}`` (kind 'adam' uses λ_max(P⁻¹H); 'sgd'/'gd' use λ_max(H)); infinite when lr
+    = 0."""
     group = optimizer.param_groups[0]
     lr = float(group["lr"])
     if "betas" in group:

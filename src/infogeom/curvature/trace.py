@@ -4,8 +4,8 @@
   Optionally adaptive: probes are added in chunks until SE ≤ ``rtol``·|estimate|.
 - Hutch++ (Meyer, Musco, Musco & Woodruff 2021): with m products split in three, Q = orth(A S) for a random
   S [P, m/3]; tr(A) ≈ tr(QᵀAQ) + (3/m) Σ_i g_iᵀ (I−QQᵀ) A (I−QQᵀ) g_i. The low-rank part is exact, the
-  deflated remainder is Hutchinson's, so the error is O(1/m) for PSD A; the SE is the remainder's (conditional
-  on Q the estimate is unbiased).
+  deflated remainder is Hutchinson's, so the error is O(1/m) for PSD A; the SE is the remainder's
+  (conditional on Q the estimate is unbiased).
 - Diagonal: diag(A) ≈ (1/m) Σ_i v_i ⊙ A v_i (Bekas et al. 2007), with per-coordinate SEs.
 """
 
@@ -22,7 +22,8 @@ from ..geometry.operator import CurvatureOperator, rademacher
 
 @dataclass
 class TraceEstimate:
-    """``value`` ± ``stderr`` from ``num_probes`` operator products (``method``: 'hutchinson' | 'hutch++')."""
+    """``value`` ± ``stderr`` from ``num_probes`` operator products (``method``: 'hutchinson' |
+    'hutch++')."""
 
     value: float
     stderr: float
@@ -63,8 +64,8 @@ def hutchinson(
     max_probes: int = 1024,
     chunk: int = 16,
 ) -> TraceEstimate:
-    """Hutchinson trace estimate with standard error. With ``rtol``, probes are added ``num_probes`` at a time
-    until SE ≤ rtol·|trace| or ``max_probes`` is reached."""
+    """Hutchinson trace estimate with standard error. With ``rtol``, probes are added ``num_probes`` at a
+    time until SE ≤ rtol·|trace| or ``max_probes`` is reached."""
     _check(num_probes, 2)
     samples = hutchinson_samples(op, num_probes, generator, chunk)
     while rtol is not None and len(samples) < max_probes:

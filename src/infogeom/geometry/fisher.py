@@ -54,7 +54,7 @@ def per_example_gradients(model: nn.Module, batch: Batch, names: Sequence[str] |
     def seq_loss(p: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         return loss(functional_call(model, p, (xb[None],), strict=False), yb[None])
 
-    with curvature_mode(model):
+    with curvature_mode(model), torch.no_grad():  # no outer graph through parameters outside ``names``
         g = vmap(grad(seq_loss), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, x, y)
     return torch.cat([g[n].reshape(x.shape[0], -1) for n in params], dim=1)
 
@@ -84,7 +84,8 @@ class OutputCurvatureOperator(CurvatureOperator):
         y = batch[1]
         self.num_tokens = y.numel()
         self.loss = loss_fn(self.logits, y)
-        self.gradient = self._pullback(grad(lambda z: loss_fn(z, y))(self.logits)[None])[:, 0]
+        with torch.no_grad():
+            self.gradient = self._pullback(grad(lambda z: loss_fn(z, y))(self.logits)[None])[:, 0]
 
     def _output_matmat(self, U: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -103,7 +104,10 @@ class OutputCurvatureOperator(CurvatureOperator):
         return torch.cat([g[n].reshape(U.shape[0], -1) for n in self.names], dim=1).T
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        return self._pullback(self._output_matmat(self._pushforward(V)))
+        # no_grad: torch.func transforms still differentiate, but parameters outside ``names`` that require grad
+        # (e.g. LayerNorm gains) must not record an outer autograd graph on the result
+        with torch.no_grad():
+            return self._pullback(self._output_matmat(self._pushforward(V)))
 
 
 class FisherOperator(OutputCurvatureOperator):

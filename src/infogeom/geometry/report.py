@@ -5,8 +5,8 @@ the parameters K-FAC covers (Linear and Embedding weights and biases; LayerNorm 
 < 1% of a GPT), g the loss gradient on the same parameters, λ the damping. For every approximation F̃:
 
 - relative Frobenius error ‖F̃ − F‖_F / ‖F‖_F (dense, so P ≤ ``CurvatureOperator.max_dense``);
-- cosine between its damped natural gradient (F̃ + λI)^{-1} g (each operator's own exact solve) and the
-  exact (F + λI)^{-1} g (Cholesky).
+- cosine (one per damping λ) between its damped natural gradient (F̃ + λI)^{-1} g (each operator's own
+  exact solve) and the exact (F + λI)^{-1} g (dense solve).
 
 Rows: SGD (F̃ = 0, the plain gradient), the empirical Fisher, the diagonal of F, the top-k eigenpairs of
 F, the exact per-layer block diagonal of F (the best any layer-block-diagonal method can do), K-FAC
@@ -16,7 +16,7 @@ plus O(P³) dense linear algebra.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -24,7 +24,7 @@ import torch.nn as nn
 from ..errors import InfogeomError
 from .fisher import FisherOperator
 from .functional import Batch, select_parameters
-from .kfac import ekfac_factors
+from .kfac import ekfac_factors, find_layers
 from .operator import CurvatureOperator, DenseOperator
 from .structured import (
     DiagonalOperator,
@@ -50,32 +50,36 @@ def _block_diagonal(F: torch.Tensor, op: KFACOperator) -> torch.Tensor:
     return out
 
 
-def approximation_report(model: nn.Module, batch: Batch, damping: float | None = None, rank: int = 50,
-                         fisher: str = "exact", mc_samples: int = 1, generator: torch.Generator | None = None,
-                         verbose: bool = True) -> dict:
+def approximation_report(model: nn.Module, batch: Batch, damping: float | Sequence[float] | None = None,
+                         rank: int = 50, fisher: str = "exact", mc_samples: int = 1,
+                         generator: torch.Generator | None = None, verbose: bool = True) -> dict:
     """Compare Fisher approximations with the exact Fisher on ``batch`` (module docstring).
 
-    ``damping`` None = 1e-2 · tr(F)/P (1% of the mean eigenvalue). ``fisher`` is the output curvature used by
-    K-FAC/EK-FAC (``"exact"``, ``"type-2"``, ``"mc"`` with ``mc_samples`` and ``generator``, ``"empirical"``).
-    Returns ``{"params_total", "params_compared", "excluded", "damping", "rank", "rows": [{"name",
-    "rel_frobenius", "cosine"}]}`` and prints the table when ``verbose``.
+    ``damping``: one λ or several (one cosine column each); None = (1e-3, 1e-2, 1e-1)·tr(F)/P, i.e. 0.1%, 1%
+    and 10% of the mean eigenvalue. ``fisher``: the output curvature of K-FAC/EK-FAC (``"exact"``,
+    ``"type-2"``, ``"mc"`` with ``mc_samples`` and ``generator``, ``"empirical"``). Returns ``{"params_total",
+    "params_compared", "excluded", "dampings", "relative_dampings", "rank", "fisher", "tokens", "loss",
+    "rows": [{"name", "rel_frobenius", "cosines": [one per damping]}]}``; prints the table when ``verbose``.
     """
-    factors = {a: ekfac_factors(model, batch, a, fisher, mc_samples, generator) for a in ("expand", "reduce")}
-    kfac = {a: KFACOperator.from_factors(model, f) for a, f in factors.items()}
-    names = kfac["expand"].names
     all_params = select_parameters(model)
-    if sum(p.numel() for n, p in all_params.items() if n in names) > CurvatureOperator.max_dense:
+    owned = {n for info in find_layers(model) for n in (info.weight, info.bias) if n is not None}
+    names = [n for n in all_params if n in owned]
+    if sum(all_params[n].numel() for n in names) > CurvatureOperator.max_dense:
         raise InfogeomError(f"the exact Fisher of this model is too large to compare densely "
                             f"(> {CurvatureOperator.max_dense} parameters); use a smaller model")
     exact = FisherOperator(model, batch, names=names)
     F, g = exact.to_dense(), exact.gradient
-    P = F.shape[0]
-    lam = float(damping) if damping is not None else 1e-2 * F.trace().item() / P
+    P, mean_eig = F.shape[0], F.trace().item() / F.shape[0]
+    if damping is None:
+        lams = [r * mean_eig for r in (1e-3, 1e-2, 1e-1)]
+    else:
+        lams = [float(d) for d in (damping if isinstance(damping, Sequence) else [damping])]
     eye = torch.eye(P, dtype=F.dtype, device=F.device)
-    target = torch.cholesky_solve(g[:, None], torch.linalg.cholesky(F + lam * eye))[:, 0]
-    shapes = exact.shapes
+    targets = [torch.linalg.solve(F + lam * eye, g) for lam in lams]
+    factors = {a: ekfac_factors(model, batch, a, fisher, mc_samples, generator) for a in ("expand", "reduce")}
+    kfac = {a: KFACOperator.from_factors(model, f) for a, f in factors.items()}
     candidates: list[tuple[str, CurvatureOperator, dict]] = [
-        ("SGD (F~ = 0)", DiagonalOperator(torch.zeros_like(g), names, shapes), {}),
+        ("SGD (F~ = 0)", DiagonalOperator(torch.zeros_like(g), names, exact.shapes), {}),
         ("empirical Fisher", DenseOperator(FisherOperator(model, batch, "empirical", names=names).to_dense()),
          {}),
         ("diagonal", diagonal_approximation(DenseOperator(F)), {}),
@@ -88,21 +92,23 @@ def approximation_report(model: nn.Module, batch: Batch, damping: float | None =
         candidates.append((f"EK-FAC {a}", EKFACOperator.from_factors(model, factors[a]), {}))
     rows = []
     norm_F = torch.linalg.matrix_norm(F)
-    dense_cache: dict[int, float] = {}
+    errors: dict[int, float] = {}
     for name, op, opts in candidates:
-        if id(op) not in dense_cache:
+        if id(op) not in errors:
             D = op.matrix if isinstance(op, DenseOperator) else op.to_dense()
-            dense_cache[id(op)] = (torch.linalg.matrix_norm(D - F) / norm_F).item()
+            errors[id(op)] = (torch.linalg.matrix_norm(D - F) / norm_F).item()
             del D
-        step = op.solve(g, damping=lam, **opts) if not isinstance(op, DenseOperator) else \
-            torch.linalg.solve(op.matrix + lam * eye, g)
-        cos = torch.nn.functional.cosine_similarity(step, target, dim=0).item()
-        rows.append({"name": name, "rel_frobenius": dense_cache[id(op)], "cosine": cos})
-    excluded = [n for n in all_params if n not in names]
+        cosines = []
+        for lam, target in zip(lams, targets):
+            step = (torch.linalg.solve(op.matrix + lam * eye, g) if isinstance(op, DenseOperator)
+                    else op.solve(g, damping=lam, **opts))
+            cosines.append(torch.nn.functional.cosine_similarity(step, target, dim=0).item())
+        rows.append({"name": name, "rel_frobenius": errors[id(op)], "cosines": cosines})
     report = {
         "params_total": sum(p.numel() for p in all_params.values()), "params_compared": P,
-        "excluded": excluded, "damping": lam, "relative_damping": lam * P / F.trace().item(), "rank": rank,
-        "fisher": fisher, "tokens": int(batch[1].numel()), "loss": exact.loss.item(), "rows": rows,
+        "excluded": [n for n in all_params if n not in owned], "dampings": lams,
+        "relative_dampings": [lam / mean_eig for lam in lams], "rank": rank, "fisher": fisher,
+        "tokens": int(batch[1].numel()), "loss": exact.loss.item(), "rows": rows,
     }
     if verbose:
         print(format_report(report))
@@ -112,13 +118,13 @@ def approximation_report(model: nn.Module, batch: Batch, damping: float | None =
 def format_report(report: dict) -> str:
     """The report as a Markdown table with a header line naming what was compared."""
     head = (f"Fisher approximations vs the exact Fisher on {report['tokens']} tokens "
-            f"(loss {report['loss']:.3f}): "
-            f"{report['params_compared']} of {report['params_total']} parameters (LayerNorm excluded), "
-            f"damping λ = {report['damping']:.3g} ({report['relative_damping']:.2g}·tr F/P), "
-            f"K-FAC output curvature '{report['fisher']}'")
-    lines = [head, "", "| approximation | rel. Frobenius error | cos(nat. grad, exact) |", "|---|---:|---:|"]
+            f"(loss {report['loss']:.3f}): {report['params_compared']} of {report['params_total']} "
+            f"parameters (LayerNorm excluded), K-FAC output curvature '{report['fisher']}'; "
+            "damping λ = r·tr(F)/P")
+    cols = " | ".join(f"cos @ r={r:.0e}" for r in report["relative_dampings"])
+    lines = [head, "", f"| approximation | rel. Frobenius error | {cols} |",
+             "|---|---:|" + "---:|" * len(report["dampings"])]
     for r in report["rows"]:
-        err = "—" if math.isnan(r["rel_frobenius"]) else f"{r['rel_frobenius']:.3f}"
-        lines.append(f"| {r['name']} | {err} | {r['cosine']:.4f} |")
+        cos = " | ".join(f"{c:.4f}" for c in r["cosines"])
+        lines.append(f"| {r['name']} | {r['rel_frobenius']:.3f} | {cos} |")
     return "\n".join(lines)
-

@@ -138,6 +138,8 @@ def model_metric_fn(model: nn.Module, metric: str = "fubini-study", approx: str 
     autodiff, one pass per weight)."""
     if metric not in METRICS:
         raise InfogeomError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if max_inputs < 1:
+        raise InfogeomError(f"max_inputs must be a positive integer, got {max_inputs}")
     layers = quantum_layers(model)
     if metric != "pullback":
         for layer in layers:

@@ -1,7 +1,7 @@
 """Optimizers (all ``torch.optim.Optimizer``s) and the name registry used by the trainer and CLI.
 
-Registered names: 'adamw', 'sgd' (registry), 'muon' (Muon + AdamW baseline), 'kfac', 'ekfac' (Kronecker-factored
-natural gradient), 'ngcg' (conjugate gradient on Fisher-vector products).
+Registered names: 'adamw', 'sgd' (registry), 'muon' (Muon + AdamW baseline), 'kfac', 'ekfac'
+(Kronecker-factored natural gradient), 'ngcg' (conjugate gradient on Fisher-vector products).
 """
 
 from .ekfac import EKFAC
@@ -12,5 +12,5 @@ from .ngcg import NaturalGradientCG
 from .qng import QNGAdamW as QNGAdamW  # registers 'qng'
 from .registry import OPTIMIZERS, build_optimizer, register_optimizer
 
-__all__ = ["EKFAC", "KFAC", "OPTIMIZERS", "HybridOptimizer", "MuonAdamW", "NaturalGradientCG", "build_optimizer",
-           "register_optimizer"]
+__all__ = ["EKFAC", "KFAC", "OPTIMIZERS", "HybridOptimizer", "MuonAdamW", "NaturalGradientCG",
+           "build_optimizer", "register_optimizer"]

@@ -1,10 +1,10 @@
 """The training batch, seen from inside the optimizer, without trainer changes.
 
-A forward pre-hook on the model records the input ``x [B, T]`` of the last forward run in training mode with grad
-enabled (evaluation forwards are ignored), and a tensor hook on its output records ``∂L/∂logits`` when the
-trainer's backward passes through. For the softmax cross-entropy the output gradient is ``c (p − e_y)`` with
-``c > 0`` (mean over tokens, gradient-accumulation scaling), so the observed targets are recovered exactly as
-``argmin_v ∂L/∂z_v``: the only negative entry of each row.
+A forward pre-hook on the model records the input ``x [B, T]`` of the last forward run in training mode with
+grad enabled (evaluation forwards are ignored), and a tensor hook on its output records ``∂L/∂logits`` when
+the trainer's backward passes through. For the softmax cross-entropy the output gradient is ``c (p − e_y)``
+with ``c > 0`` (mean over tokens, gradient-accumulation scaling), so the observed targets are recovered
+exactly as ``argmin_v ∂L/∂z_v``: the only negative entry of each row.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ class BatchCapture:
     def __init__(self, model: nn.Module):
         self.x: torch.Tensor | None = None
         self.grad_logits: torch.Tensor | None = None
-        self._handles = [model.register_forward_pre_hook(self._pre_hook), model.register_forward_hook(self._hook)]
+        self._handles = [model.register_forward_pre_hook(self._pre_hook),
+                         model.register_forward_hook(self._hook)]
 
     def _pre_hook(self, module: nn.Module, args) -> None:
         if module.training and torch.is_grad_enabled():

@@ -1,4 +1,5 @@
-"""Collective helpers that are no-ops in a single process, so optimizers run unchanged with and without DDP."""
+"""Collective helpers that are no-ops in a single process, so optimizers run unchanged with and without
+DDP."""
 
 from __future__ import annotations
 

@@ -1,16 +1,16 @@
 """EK-FAC-style optimizer: Adam's second moment in the eigenbasis of the K-FAC factors (SOAP-like).
 
-With the K-FAC eigenbases Q_L, Q_R of a layer (:mod:`.kronecker`; Fisher factors, refreshed every ``inv_every``
-steps) and gradient matrix X, at update t:
+With the K-FAC eigenbases Q_L, Q_R of a layer (:mod:`.kronecker`; Fisher factors, refreshed every
+``inv_every`` steps) and gradient matrix X, at update t:
 
     Y = Q_Lᵀ X Q_R,   m ← β₁ m + (1−β₁) Y,   v ← β₂ v + (1−β₂) Y^{∘2}     (both moments in the eigenbasis)
     Δ = Q_L [ (m / (1−β₁ᵗ)) ⊘ (√(v / (1−β₂ᵗ)) + ε) ] Q_Rᵀ,    θ ← θ(1 − η·wd) − η Δ.
 
-v is a diagonal rescaling in the Kronecker eigenbasis (George et al. 2018), estimated Adam-style from the batch
-gradients. When the bases are refreshed, m is re-expressed in the new basis and v is kept (as in SOAP). SOAP
-(Vyas et al. 2024) is the same update in the eigenbasis of gradient outer products (Shampoo factors); here the
-basis is that of the Fisher factors. ε plays the role of the damping (raised when a step is skipped). Cost per step:
-four small matmuls per layer (two rotations).
+v is a diagonal rescaling in the Kronecker eigenbasis (George et al. 2018), estimated Adam-style from the
+batch gradients. When the bases are refreshed, m is re-expressed in the new basis and v is kept (as in SOAP).
+SOAP (Vyas et al. 2024) is the same update in the eigenbasis of gradient outer products (Shampoo factors);
+here the basis is that of the Fisher factors. ε plays the role of the damping (raised when a step is skipped).
+Cost per step: four small matmuls per layer (two rotations).
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ class EKFACCore(KroneckerCore):
 
 
 class EKFAC(KroneckerOptimizer):
-    """Adam in the K-FAC eigenbasis on the model's Linear layers, AdamW (``adamw_lr``, default ``lr``) on the rest.
-    Options as :class:`~.kfac.KFAC` (factors, schedule, layer selection); ``betas``/``eps`` are shared with the
-    AdamW part."""
+    """Adam in the K-FAC eigenbasis on the model's Linear layers, AdamW (``adamw_lr``, default ``lr``) on the
+    rest. Options as :class:`~.kfac.KFAC` (factors, schedule, layer selection); ``betas``/``eps`` are shared
+    with the AdamW part."""
 
     def __init__(self, model: nn.Module, lr: float = 3e-3, weight_decay: float = 0.0, betas=(0.9, 0.95),
                  eps: float = 1e-8, cov_every: int = 10, inv_every: int = 50, factor_decay: float = 0.95,
@@ -59,8 +59,8 @@ class EKFAC(KroneckerOptimizer):
                  embeddings: bool = False, max_factor_dim: int = 2048, adamw_lr: float | None = None,
                  damping_boost: float = 10.0, seed: int = 0):
         modules = select_layers(model, head, embeddings, max_factor_dim)
-        core = EKFACCore(model, modules, lr, weight_decay, eps, approx, fisher, mc_samples, cov_every, inv_every,
-                         factor_decay, damping_boost, seed, betas=tuple(betas))
+        core = EKFACCore(model, modules, lr, weight_decay, eps, approx, fisher, mc_samples, cov_every,
+                         inv_every, factor_decay, damping_boost, seed, betas=tuple(betas))
         super().__init__(model, core, lr if adamw_lr is None else adamw_lr, weight_decay, betas, eps)
 
 

@@ -1,10 +1,10 @@
 """Several optimizers on disjoint parameter groups, presented as one ``torch.optim.Optimizer``.
 
 Used for "precondition the matrices, AdamW for the rest" recipes (Muon + AdamW, K-FAC + AdamW). The hybrid's
-``param_groups`` is the concatenation of the parts' groups — the very same dict objects — so an LR scheduler that
-edits ``group["lr"]`` steers every part, and all parts share ``self.state``, so the inherited
-``state_dict``/``load_state_dict`` cover everything. ``load_state_dict`` rebuilds the group dicts, after which the
-parts are re-linked. Parts may keep non-tensor-per-parameter state in :meth:`extra_state` (saved under the
+``param_groups`` is the concatenation of the parts' groups — the very same dict objects — so an LR scheduler
+that edits ``group["lr"]`` steers every part, and all parts share ``self.state``, so the inherited
+``state_dict``/``load_state_dict`` cover everything. ``load_state_dict`` rebuilds the group dicts, after which
+the parts are re-linked. Parts may keep non-tensor-per-parameter state in :meth:`extra_state` (saved under the
 ``"extra"`` key of the state dict).
 """
 

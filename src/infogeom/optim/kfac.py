@@ -9,20 +9,27 @@ L = Q_L diag(e_L) Q_Lᵀ, R = Q_R diag(e_R) Q_Rᵀ the direction is
 
 KL clipping (trust region): with η the layer's learning rate and the K-FAC quadratic form
 ΔᵀF̂Δ = Σ_ij e_L,i e_R,j (Q_Lᵀ Δ Q_R)_ij², all directions are scaled by ν = min(1, √(κ / Σ_layers η² ΔᵀF̂Δ)),
-κ = ``kl_clip`` (None disables), so the predicted KL ½η²ΔᵀF̂Δ of the step stays ≤ κ/2. Then heavy-ball momentum
-b ← μ b + ν Δ and θ ← θ(1 − η·wd) − η b (decoupled weight decay). Per step: two small matmuls per side per layer;
-eigendecompositions every ``inv_every`` steps, factors every ``cov_every`` steps (:mod:`.kronecker`).
+κ = ``kl_clip`` (None disables), so the predicted KL ½η²ΔᵀF̂Δ of the step stays ≤ κ/2. Then heavy-ball
+momentum b ← μ b + ν Δ and θ ← θ(1 − η·wd) − η b (decoupled weight decay). Per step: two small matmuls per
+side per layer; eigendecompositions every ``inv_every`` steps, factors every ``cov_every`` steps
+(:mod:`.kronecker`).
 """
 
 from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn as nn
 
 from ..errors import InfogeomError
-from .kronecker import KroneckerCore, KroneckerOptimizer, from_eigenbasis, pi_correction, select_layers, to_eigenbasis
+from .kronecker import (
+    KroneckerCore,
+    KroneckerOptimizer,
+    from_eigenbasis,
+    pi_correction,
+    select_layers,
+    to_eigenbasis,
+)
 from .registry import register_optimizer
 
 DAMPING_MODES = ("pi", "exact")
@@ -63,10 +70,11 @@ class KFACCore(KroneckerCore):
 class KFAC(KroneckerOptimizer):
     """K-FAC on the model's Linear layers (see module doc), AdamW (``adamw_lr``) on everything else.
 
-    ``approx``: ``"reduce"`` (default, cheap: factors from sequence sums) or ``"expand"`` (every token an example);
-    ``fisher``: ``"mc"`` (labels sampled from the model, default), ``"empirical"`` or ``"exact"`` (V backward
-    passes; tests). ``head``: precondition the LM head (``"auto"``: only when untied); ``embeddings``: also the
-    untied embeddings (diagonal A); layers wider than ``max_factor_dim`` stay with AdamW.
+    ``approx``: ``"reduce"`` (default, cheap: factors from sequence sums) or ``"expand"`` (every token an
+    example); ``fisher``: ``"mc"`` (labels sampled from the model, default), ``"empirical"`` or ``"exact"`` (V
+    backward passes; tests). ``head``: precondition the LM head (``"auto"``: only when untied);
+    ``embeddings``: also the untied embeddings (diagonal A); layers wider than ``max_factor_dim`` stay with
+    AdamW.
     """
 
     def __init__(self, model: nn.Module, lr: float = 0.1, weight_decay: float = 0.0, damping: float = 1e-3,
@@ -76,13 +84,14 @@ class KFAC(KroneckerOptimizer):
                  max_factor_dim: int = 2048, adamw_lr: float = 3e-3, betas=(0.9, 0.95), eps: float = 1e-8,
                  damping_boost: float = 10.0, seed: int = 0):
         if damping_mode not in DAMPING_MODES:
-            raise InfogeomError(f"unknown damping_mode {damping_mode!r}; choose one of {', '.join(DAMPING_MODES)}")
+            raise InfogeomError(f"unknown damping_mode {damping_mode!r}; "
+                                f"choose one of {', '.join(DAMPING_MODES)}")
         if kl_clip is not None and not kl_clip > 0:
             raise InfogeomError(f"kl_clip must be positive or None, got {kl_clip}")
         modules = select_layers(model, head, embeddings, max_factor_dim)
         core = KFACCore(model, modules, lr, weight_decay, damping, approx, fisher, mc_samples, cov_every,
-                        inv_every, factor_decay, damping_boost, seed, damping_mode=damping_mode, kl_clip=kl_clip,
-                        momentum=momentum)
+                        inv_every, factor_decay, damping_boost, seed, damping_mode=damping_mode,
+                        kl_clip=kl_clip, momentum=momentum)
         super().__init__(model, core, adamw_lr, weight_decay, betas, eps)
 
 

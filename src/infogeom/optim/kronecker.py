@@ -1,25 +1,26 @@
 """Shared machinery of the Kronecker-factored optimizers (:class:`~.kfac.KFAC`, :class:`~.ekfac.EKFAC`).
 
-Curvature comes from :class:`infogeom.geometry.kfac.KFACCapture` (hooks on the model; no second capture here). Per
-preconditioned layer the gradient is a matrix X with Fisher block F X ≈ L X R:
+Curvature comes from :class:`infogeom.geometry.kfac.KFACCapture` (hooks on the model; no second capture
+here). Per preconditioned layer the gradient is a matrix X with Fisher block F X ≈ L X R:
 
 - ``nn.Linear``: X = [∇W | ∇b] ``[d_out, d_in(+1)]``, L = G (output-gradient factor), R = A (input factor);
 - ``nn.Embedding``: X = ∇E ``[num, dim]``, L = diag(A) (index frequencies, a vector), R = G.
 
 Schedule (k = number of completed steps): the capture is enabled only for the forward(s) before a step with
-k ≡ 0 (mod ``cov_every``); that step pops the fresh factors, all-reduces them over DDP ranks and folds them into
-running averages L ← d·L + (1−d)·L_new (d = ``factor_decay``; the first factors are taken as they are). Steps with
-k ≡ 0 (mod ``inv_every``) eigendecompose L = Q_L diag(e_L) Q_Lᵀ and R likewise (float64 ``eigh``, eigenvalues
-clamped at 0; vector factors are their own eigenvalues). Under DDP the decompositions are spread over the ranks
-(greedy by d³ cost) and broadcast, so every rank holds identical bases. With ``fisher="mc"`` the capture samples
-labels y ~ p_θ from a seeded generator and back-propagates them from the logits to the layer outputs at the end of
-the forward (``autograd.grad`` with ``retain_graph``, no parameter gradients): about half a backward, on cov steps
-only. ``fisher="empirical"`` reuses the training backward (free, but not the Fisher).
+k ≡ 0 (mod ``cov_every``) or k a power of two below ``cov_every`` (:func:`due`); that step pops the fresh
+factors, all-reduces them over DDP ranks and folds them into running averages L ← d·L + (1−d)·L_new (d =
+``factor_decay``; the first factors are taken as they are). Steps due for ``inv_every`` eigendecompose L =
+Q_L diag(e_L) Q_Lᵀ and R likewise (float64 ``eigh``, eigenvalues clamped at 0; vector factors are their own
+eigenvalues). Under DDP the decompositions are spread over the ranks (greedy by d³ cost) and broadcast, so
+every rank holds identical bases. With ``fisher="mc"`` the capture samples labels y ~ p_θ from a seeded
+generator and back-propagates them from the logits to the layer outputs at the end of the forward
+(``autograd.grad`` with ``retain_graph``, no parameter gradients): about half a backward, on cov steps only.
+``fisher="empirical"`` reuses the training backward (free, but not the Fisher).
 
-Safety: a non-finite gradient, non-finite factors or a failed/non-finite decomposition skip the whole step (the
-parameters are untouched), multiply the damping by ``damping_boost`` and warn; the damping then relaxes back
-towards its configured value by ×0.9 per successful step. Parameters not preconditioned (norms, biases of skipped
-layers, embeddings, the LM head when skipped) are updated by an AdamW inside the same optimizer.
+Safety: a non-finite gradient, non-finite factors or a failed/non-finite decomposition skip the whole step
+(the parameters are untouched), multiply the damping by ``damping_boost`` and warn; the damping then relaxes
+back towards its configured value by ×0.9 per successful step. Parameters not preconditioned (norms, biases
+of skipped layers, embeddings, the LM head when skipped) are updated by an AdamW inside the same optimizer.
 """
 
 from __future__ import annotations
@@ -81,10 +82,16 @@ def from_eigenbasis(Y: torch.Tensor, QL: torch.Tensor | None, QR: torch.Tensor |
     return Y if QR is None else Y @ QR.T
 
 
+def due(step: int, every: int) -> bool:
+    """Refresh schedule: every ``every`` steps, and at the powers of two before that (steps 0, 1, 2, 4, 8,
+    …), so the curvature tracks the fast early changes of a fresh network."""
+    return step % every == 0 or (step < every and step & (step - 1) == 0)
+
+
 def select_layers(model: nn.Module, head: bool | str = "auto", embeddings: bool = False,
                   max_factor_dim: int = 2048, head_names=HEAD_NAMES) -> list[str]:
-    """Module names to precondition: every ``nn.Linear`` whose factor sides are ≤ ``max_factor_dim`` (+1 for a
-    bias); the head (``head_names``) when ``head`` is True, or with ``"auto"`` when it is not tied to an
+    """Module names to precondition: every ``nn.Linear`` whose factor sides are ≤ ``max_factor_dim`` (+1 for
+    a bias); the head (``head_names``) when ``head`` is True, or with ``"auto"`` when it is not tied to an
     embedding; with ``embeddings``, untied ``nn.Embedding`` modules whose width is ≤ ``max_factor_dim``."""
     embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     chosen = {}
@@ -99,7 +106,8 @@ def select_layers(model: nn.Module, head: bool | str = "auto", embeddings: bool 
                     if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in head_names}
     names = list(chosen)
     if embeddings:
-        names += [n for n, m in model.named_modules() if isinstance(m, nn.Embedding) and m.weight.requires_grad
+        names += [n for n, m in model.named_modules()
+                  if isinstance(m, nn.Embedding) and m.weight.requires_grad
                   and id(m.weight) not in taken | head_weights and m.embedding_dim <= max_factor_dim]
     if not names:
         raise InfogeomError("no nn.Linear/nn.Embedding layer to precondition (check head/max_factor_dim)")
@@ -107,15 +115,17 @@ def select_layers(model: nn.Module, head: bool | str = "auto", embeddings: bool 
 
 
 class KroneckerCore(Optimizer):
-    """Factor schedule, eigendecompositions, DDP and safety for the preconditioned layers; subclasses implement
-    :meth:`_apply` (the update of every layer from the eigenbases in ``self.state[layer.weight]``).
+    """Factor schedule, eigendecompositions, DDP and safety for the preconditioned layers; subclasses
+    implement :meth:`_apply` (the update of every layer from the eigenbases in
+    ``self.state[layer.weight]``).
 
-    Optimizer-wide state (``steps``, current ``damping``, generator state) is exposed by :meth:`extra_state`.
+    Optimizer-wide state (``steps``, current ``damping``, generator state) is exposed by
+    :meth:`extra_state`.
     """
 
     def __init__(self, model: nn.Module, modules: list[str], lr: float, weight_decay: float, damping: float,
-                 approx: str, fisher: str, mc_samples: int, cov_every: int, inv_every: int, factor_decay: float,
-                 damping_boost: float, seed: int, **defaults):
+                 approx: str, fisher: str, mc_samples: int, cov_every: int, inv_every: int,
+                 factor_decay: float, damping_boost: float, seed: int, **defaults):
         if int(cov_every) < 1 or int(inv_every) < 1:
             raise InfogeomError(f"cov_every and inv_every must be positive, got {cov_every} and {inv_every}")
         if not 0.0 <= factor_decay < 1.0:
@@ -144,7 +154,7 @@ class KroneckerCore(Optimizer):
         self.steps, self.damping = int(extra["steps"]), float(extra["damping"])
         self.generator.set_state(extra["rng"])
         self.capture.reset()
-        self.capture.enabled = self.steps % self.defaults["cov_every"] == 0
+        self.capture.enabled = due(self.steps, self.defaults["cov_every"])
 
     def lr_of(self) -> dict[int, float]:
         """Learning rate of every layer (its weight's group; read each step, schedulers edit it)."""
@@ -157,14 +167,14 @@ class KroneckerCore(Optimizer):
         self.capture.reset()
         warn_skip(type(self).__name__, reason, self.damping)
 
-    # ---- curvature ------------------------------------------------------------------------------------------
+    # ---- curvature -----------------------------------------------------------------------------------------
     def _update_factors(self) -> bool:
         fresh = self.capture.pop()
         layers = [la for la in self.layers if la.info.name in fresh]
         new = [t for la in layers for t in la.orient(fresh[la.info.name])]
         if any(la.info.name not in fresh and "L" not in self.state[la.weight] for la in self.layers):
-            raise InfogeomError("K-FAC: no curvature captured; run the model's forward with gradients enabled "
-                                "before optimizer.step()")
+            raise InfogeomError("K-FAC: no curvature captured; run the model's forward with gradients "
+                                "enabled before optimizer.step()")
         all_reduce_mean_(new)
         if not all_finite(new):
             return False
@@ -179,8 +189,10 @@ class KroneckerCore(Optimizer):
         return True
 
     def _decompose(self) -> bool:
-        """Eigendecompose every matrix factor (split over ranks, then broadcast); commit only if all finite."""
-        tasks = [(la, side) for la in self.layers for side in ("L", "R") if self.state[la.weight][side].ndim == 2]
+        """Eigendecompose every matrix factor (split over ranks, then broadcast); commit only if all
+        finite."""
+        tasks = [(la, side) for la in self.layers for side in ("L", "R")
+                 if self.state[la.weight][side].ndim == 2]
         n_ranks, me = world_size(), rank()
         load, owner = [0.0] * n_ranks, []
         for la, side in tasks:  # greedy balance by eigh cost d³, identical on every rank
@@ -215,12 +227,13 @@ class KroneckerCore(Optimizer):
                 st["e" + side], st["Q" + side] = e, Q
         return True
 
-    def eigenbasis(self, layer: Layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def eigenbasis(self, layer: Layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                                 torch.Tensor | None]:
         """``(e_L, e_R, Q_L, Q_R)`` of a layer (Q None for a diagonal factor)."""
         st = self.state[layer.weight]
         return st["eL"], st["eR"], st["QL"], st["QR"]
 
-    # ---- step -----------------------------------------------------------------------------------------------
+    # ---- step ----------------------------------------------------------------------------------------------
     def _basis_changed(self, layer: Layer, old: tuple, new: tuple) -> None:
         """Called with the old and new ``(Q_L, Q_R)`` of a layer before new eigenbases are stored."""
 
@@ -229,18 +242,20 @@ class KroneckerCore(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None) -> bool:
-        """One update of the preconditioned layers; False (and nothing changed) when the step was skipped."""
+        """One update of the preconditioned layers; False (and nothing changed) when the step was
+        skipped."""
         d, k = self.defaults, self.steps
-        if k % d["cov_every"] == 0 and not self._update_factors():
+        if due(k, d["cov_every"]) and not self._update_factors():
             self.fail("non-finite curvature factors")
             return False
-        if (k % d["inv_every"] == 0 or "eL" not in self.state[self.layers[0].weight]) and not self._decompose():
+        fresh_basis = due(k, d["inv_every"]) or "eL" not in self.state[self.layers[0].weight]
+        if fresh_basis and not self._decompose():
             self.fail("eigendecomposition failed")
             return False
         self._apply()
         self.steps += 1
         self.damping = max(d["damping"], self.damping * 0.9)
-        self.capture.enabled = self.steps % d["cov_every"] == 0
+        self.capture.enabled = due(self.steps, d["cov_every"])
         return True
 
 

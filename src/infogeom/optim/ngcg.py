@@ -1,16 +1,17 @@
-"""Hessian-free natural gradient: truncated conjugate gradient on damped Fisher-vector products (Martens 2010).
+"""Hessian-free natural gradient (Martens 2010): truncated CG on damped Fisher-vector products.
 
-Each step solves ``(F + λI) Δ = −g`` approximately with at most ``cg_iters`` CG iterations, where g is the trainer's
-gradient (``p.grad``: all-reduced by DDP, clipped, accumulated) and F the exact Fisher
+Each step solves ``(F + λI) Δ = −g`` approximately with at most ``cg_iters`` CG iterations, where g is the
+trainer's gradient (``p.grad``: all-reduced by DDP, clipped, accumulated) and F the exact Fisher
 (:class:`~infogeom.geometry.FisherOperator`, matrix-free jvp/vjp, = GGN of the mean token loss) on the first
-``curvature_batch`` sequences of the last training micro-batch (captured by :class:`~.capture.BatchCapture`, so the
-trainer needs no changes). CG starts from ``warm_start · Δ_prev``. The step is ``θ ← θ(1 − η·wd) + η Δ`` per group.
+``curvature_batch`` sequences of the last training micro-batch (captured by :class:`~.capture.BatchCapture`,
+so the trainer needs no changes). CG starts from ``warm_start · Δ_prev``. The step is
+``θ ← θ(1 − η·wd) + η Δ`` per group.
 
 Levenberg–Marquardt adaptation: with the curvature batch's loss L_c, gradient g_c and the applied step s,
-ρ = (L_c(θ + s) − L_c(θ)) / (g_cᵀ s + ½ sᵀ F s); λ ← λ·``lm_factor`` if ρ < 1/4, λ ← λ/``lm_factor`` if ρ > 3/4
-(clamped to ``damping_bounds``). Cost per step: one forward+vjp graph, ``cg_iters + 1`` Fisher-vector products
-(≈ 2–3 gradients each on the curvature batch) and one forward for ρ. Under DDP Fisher-vector products, g_c and the
-losses are averaged over ranks, so every rank computes the same Δ.
+ρ = (L_c(θ + s) − L_c(θ)) / (g_cᵀ s + ½ sᵀ F s); λ ← λ·``lm_factor`` if ρ < 1/4, λ ← λ/``lm_factor`` if
+ρ > 3/4 (clamped to ``damping_bounds``). Cost per step: one forward+vjp graph, ``cg_iters + 1`` Fisher-vector
+products (≈ 2–3 gradients each on the curvature batch) and one forward for ρ. Under DDP Fisher-vector
+products, g_c and the losses are averaged over ranks, so every rank computes the same Δ.
 """
 
 from __future__ import annotations
@@ -31,16 +32,16 @@ from .safety import all_finite, warn_skip
 class NaturalGradientCG(Optimizer):
     """Natural gradient by CG on ``(F + λI)`` with Levenberg–Marquardt damping (see module doc).
 
-    Optimizer-wide state (damping λ, last ρ, CG iterations) lives in ``state[first parameter]``; the warm-start
-    direction in each parameter's ``state["delta"]``.
+    Optimizer-wide state (damping λ, last ρ, CG iterations) lives in ``state[first parameter]``; the
+    warm-start direction in each parameter's ``state["delta"]``.
     """
 
     def __init__(self, model: nn.Module, lr: float = 1.0, weight_decay: float = 0.0, damping: float = 1.0,
                  cg_iters: int = 10, cg_tol: float = 1e-3, curvature_batch: int = 8, warm_start: float = 0.95,
                  lm_factor: float = 1.5, damping_bounds: tuple[float, float] = (1e-4, 1e4)):
-        defaults = dict(lr=lr, weight_decay=weight_decay, damping=damping, cg_iters=int(cg_iters), cg_tol=cg_tol,
-                        curvature_batch=int(curvature_batch), warm_start=warm_start, lm_factor=lm_factor,
-                        damping_bounds=tuple(damping_bounds))
+        defaults = dict(lr=lr, weight_decay=weight_decay, damping=damping, cg_iters=int(cg_iters),
+                        cg_tol=cg_tol, curvature_batch=int(curvature_batch), warm_start=warm_start,
+                        lm_factor=lm_factor, damping_bounds=tuple(damping_bounds))
         super().__init__(adamw_groups(model, (), weight_decay), defaults)
         names = {id(p): n for n, p in model.named_parameters()}
         self.model = model
@@ -54,7 +55,8 @@ class NaturalGradientCG(Optimizer):
         return st
 
     def _skip(self, st: dict, reason: str) -> None:
-        st["damping"] = min(st["damping"] * self.defaults["lm_factor"] ** 2, self.defaults["damping_bounds"][1])
+        d = self.defaults
+        st["damping"] = min(st["damping"] * d["lm_factor"] ** 2, d["damping_bounds"][1])
         warn_skip("ngcg", reason, st["damping"])
 
     @torch.no_grad()

@@ -27,7 +27,8 @@ def linear_layers(model: nn.Module, include_head: bool = False, head_names: Sequ
     return layers
 
 
-def adamw_groups(model: nn.Module, exclude: Iterable[torch.Tensor], weight_decay: float, **options) -> list[dict]:
+def adamw_groups(model: nn.Module, exclude: Iterable[torch.Tensor], weight_decay: float,
+                 **options) -> list[dict]:
     """Groups of the trainable parameters not in ``exclude``: decay on matrices (≥2-D), none on vectors."""
     skip = {id(p) for p in exclude}
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in skip]

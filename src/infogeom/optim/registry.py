@@ -1,7 +1,7 @@
 """Optimizers by name, so the trainer, CLI and benchmarks build any of them the same way.
 
-A builder has the signature ``builder(model, lr, weight_decay, **options) -> torch.optim.Optimizer``; options come
-from the ``optim.options`` table of a training config. Register new ones with :func:`register_optimizer`.
+A builder has the signature ``builder(model, lr, weight_decay, **options) -> torch.optim.Optimizer``; options
+come from the ``optim.options`` table of a training config. Register new ones with :func:`register_optimizer`.
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@
 Tasks (character-level next-token prediction on a real corpus):
 
 * ``"bigram"`` — a quantum bigram LM: token embedding → :class:`~infogeom.models.quantum_layer.QuantumLayer`
-  (angle embedding, hardware-efficient circuit, ⟨Z⟩ readout) → linear layer to vocabulary logits. The circuit sits
-  between two classical layers and carries the whole model's computation (the setting of arXiv 2506.15830's
-  hybrid classifier).
-* ``"gpt"`` — a one-block GPT whose MLP is a quantum layer (:func:`~infogeom.models.quantum_layer.add_quantum_layers`).
+  (angle embedding, hardware-efficient circuit, ⟨Z⟩ readout) → linear layer to vocabulary logits. The circuit
+  sits between two classical layers and carries the whole model's computation (the setting of arXiv
+  2506.15830's hybrid classifier).
+* ``"gpt"`` — a one-block GPT whose MLP is a quantum layer
+(:func:`~infogeom.models.quantum_layer.add_quantum_layers`).
 
 Arms (same data, same initialisation per seed; the classical parameters always use AdamW):
 
@@ -49,8 +50,8 @@ class AblationConfig:
     n_qubits: int = 5
     n_layers: int = 2
     n_embd: int = 16
-    lr: float = 1e-2
-    qng_lr: float = 0.05
+    lr: float = 3e-2
+    qng_lr: float = 0.02
     damping: float = 1e-2
     recompute_every: int = 5
     max_inputs: int = 64
@@ -99,8 +100,8 @@ def load_data(corpus: str):
 def evaluate(model: nn.Module, data, cfg: AblationConfig) -> float:
     model.eval()
     g = torch.Generator().manual_seed(1234)
-    losses = [lm_loss(model(x), y).item()
-              for x, y in (data.get_batch("val", cfg.batch_size, cfg.block_size, g) for _ in range(cfg.eval_batches))]
+    batches = [data.get_batch("val", cfg.batch_size, cfg.block_size, g) for _ in range(cfg.eval_batches)]
+    losses = [lm_loss(model(x), y).item() for x, y in batches]
     model.train()
     return sum(losses) / len(losses)
 
@@ -124,7 +125,8 @@ def train_one(arm: str, seed: int, cfg: AblationConfig, data) -> dict:
 
 
 def run_ablation(cfg: AblationConfig, data=None, progress: bool = True) -> dict:
-    """Train every arm for every seed; returns ``{"config", "runs", "summary"}`` (summary: mean/std per arm)."""
+    """Train every arm for every seed; returns ``{"config", "runs", "summary"}`` (summary: mean/std per
+    arm)."""
     if cfg.task not in TASKS:
         raise InfogeomError(f"task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
     bad = [a for a in cfg.arms if a not in ARMS]
@@ -134,12 +136,13 @@ def run_ablation(cfg: AblationConfig, data=None, progress: bool = True) -> dict:
         raise InfogeomError("seeds and steps must be positive")
     data = load_data(cfg.corpus) if data is None else data
     jobs = [(arm, seed) for seed in range(cfg.seeds) for arm in cfg.arms]
-    runs = [train_one(arm, seed, cfg, data) for arm, seed in tqdm(jobs, desc="ablation", disable=not progress)]
+    runs = [train_one(arm, seed, cfg, data)
+            for arm, seed in tqdm(jobs, desc="ablation", disable=not progress)]
     summary = {}
     for arm in cfg.arms:
         finals = [r["final_val_loss"] for r in runs if r["arm"] == arm]
-        summary[arm] = {"mean": statistics.fmean(finals), "std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
-                        "n": len(finals)}
+        std = statistics.stdev(finals) if len(finals) > 1 else 0.0
+        summary[arm] = {"mean": statistics.fmean(finals), "std": std, "n": len(finals)}
     return {"config": asdict(cfg), "vocab_size": data.vocab_size, "runs": runs, "summary": summary}
 
 

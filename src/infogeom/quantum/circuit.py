@@ -45,7 +45,7 @@ class Circuit:
         self.ops: list[Op] = []
         self.n_params = 0
         self.n_features = 0
-        self._compiled: tuple | None = None
+        self._compiled: dict[tuple, list] = {}  # gate programs by (#ops, dtype, device)
 
     # ---- building ------------------------------------------------------------------------------------------
     def add(self, gate: str, wires: int | tuple[int, ...] | list[int], *,
@@ -183,8 +183,8 @@ class Circuit:
         Z, S, T, ...) fused into one monomial step (gather index, phases) each; every other gate is its own
         step."""
         key = (len(self.ops), dtype, str(device))
-        if self._compiled is not None and self._compiled[0] == key:
-            return self._compiled[1]
+        if key in self._compiled:
+            return self._compiled[key]
         steps: list = []
         run: list = []
 
@@ -205,7 +205,7 @@ class Circuit:
             steps.append(("gate", op, gate, fixed,
                           generator_operator(gate, dtype, device) if op.param is not None else None))
         flush()
-        self._compiled = (key, steps)
+        self._compiled[key] = steps
         return steps
 
     def _run(self, P, X, B, dtype) -> torch.Tensor:

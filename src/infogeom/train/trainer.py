@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..data import TokenData
+from ..data.cache import atomic_write
 from ..errors import InfogeomError
 from ..models.gpt import lm_loss
 from ..optim import build_optimizer
@@ -335,7 +336,8 @@ class Trainer:
         if not self.is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.toml").write_text(dumps_toml(self.config), encoding="utf-8")
+        text = dumps_toml(self.config).encode("utf-8")
+        atomic_write(self.out_dir / "config.toml", lambda f: f.write(text))
         self.data.tokenizer.save(self.out_dir / "tokenizer.json")
         self.logger = MetricsLogger(self.out_dir, self.config.tensorboard, keep_until=self._resumed_at)
 
