@@ -18,6 +18,10 @@ def test_quantum_ablation_cli_writes_table_json_and_plot(tmp_path, capsys):
         result = json.loads(out.read_text())
         assert set(result["summary"]) == {"adam", "qng-fs", "qng-pullback"}
         assert all(s["n"] == 2 and s["std"] >= 0 for s in result["summary"].values())
+        by_seed = {(r["arm"], r["seed"]): r["final_val_loss"] for r in result["runs"]}
+        paired = result["summary"]["qng-fs"]["paired_diff"]
+        diffs = [by_seed["qng-fs", s] - by_seed["adam", s] for s in (0, 1)]
+        assert paired["vs"] == "adam" and abs(paired["mean"] - sum(diffs) / 2) < 1e-12
         assert len(result["runs"]) == 6 and out.with_suffix(".png").exists()
     printed = capsys.readouterr().out
     assert "qng-pullback" in printed and "±" in printed

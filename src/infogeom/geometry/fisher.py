@@ -103,9 +103,35 @@ class OutputCurvatureOperator(CurvatureOperator):
         (g,) = vmap(self._vjp, chunk_size=self.chunk_size)(U)
         return torch.cat([g[n].reshape(U.shape[0], -1) for n in self.names], dim=1).T
 
+    def _output_factor(self) -> torch.Tensor | None:
+        """``R [B, T, V, K]`` with M_n = R_n R_nᵀ (normalization included), if the subclass has one."""
+        return None
+
+    def to_dense(self, chunk: int = 256, force: bool = False) -> torch.Tensor:
+        """Dense ``A``. With an output factor of K columns per token and N·K < P, as ``Γ Γᵀ`` where
+        Γ = [J_nᵀ R_nk] [P, N·K] comes from N·K vjps; otherwise P products (base class)."""
+        R = self._output_factor()
+        if R is None or R[..., 0, :].numel() >= self.dim:
+            return super().to_dense(chunk, force)
+        if self.dim > self.max_dense and not force:
+            raise InfogeomError(f"to_dense would build a {self.dim}x{self.dim} matrix; pass force=True or "
+                                "use a smaller model")
+        B, T, V, K = R.shape
+        # row j of ``cols``: token j // K, factor column j % K
+        cols = R.reshape(B * T, V, K).permute(0, 2, 1).reshape(B * T * K, V)
+        blocks = []
+        with torch.no_grad():
+            for start in range(0, cols.shape[0], chunk):
+                j = torch.arange(start, min(start + chunk, cols.shape[0]), device=cols.device)
+                U = cols.new_zeros(j.numel(), B * T, V)
+                U[torch.arange(j.numel(), device=cols.device), j // K] = cols[j]
+                blocks.append(self._pullback(U.reshape(-1, B, T, V)))
+        gamma = torch.cat(blocks, dim=1)
+        return gamma @ gamma.T
+
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        # no_grad: torch.func transforms still differentiate, but parameters outside ``names`` that require grad
-        # (e.g. LayerNorm gains) must not record an outer autograd graph on the result
+        # no_grad: torch.func transforms still differentiate, but parameters outside ``names`` that require
+        # grad (e.g. LayerNorm gains) must not record an outer autograd graph on the result
         with torch.no_grad():
             return self._pullback(self._output_matmat(self._pushforward(V)))
 
@@ -133,6 +159,13 @@ class FisherOperator(OutputCurvatureOperator):
                       else sample_labels(self.probs, mc_samples, generator))
             self.residuals = self.probs[..., None] - nn.functional.one_hot(labels, self.probs.shape[-1]).to(
                 self.dtype).transpose(-1, -2)
+
+    def _output_factor(self) -> torch.Tensor:
+        if self.residuals is None:  # per-class square root: column c = √p_c (e_c − p)
+            sqrt_p = self.probs.sqrt()
+            R = torch.diag_embed(sqrt_p) - self.probs[..., :, None] * sqrt_p[..., None, :]
+            return R / self.num_tokens ** 0.5
+        return self.residuals / (self.residuals.shape[-1] * self.num_tokens) ** 0.5
 
     def _output_matmat(self, U: torch.Tensor) -> torch.Tensor:
         if self.residuals is None:

@@ -216,8 +216,7 @@ class KFACCapture:
         self._batch = 1
         self.cotangent_chunk = 32  # cotangents back-propagated together (vmapped backward); 1 = one at a time
 
-    # ---- lifecycle
-    # ------------------------------------------------------------------------------------------
+    # ---- lifecycle ------------------------------------------------------------------
     def attach(self) -> KFACCapture:
         if not self._handles:
             self._handles.append(self.model.register_forward_pre_hook(self._begin))
@@ -270,8 +269,7 @@ class KFACCapture:
         self.reset()
         return out
 
-    # ---- hooks
-    # ------------------------------------------------------------------------------------------------
+    # ---- hooks ------------------------------------------------------------------
     def _begin(self, module: nn.Module, args: tuple) -> None:
         self._active = self.enabled and torch.is_grad_enabled()
         self._tokens = [0]  # filled at the end of this forward: number of output positions (tokens)
@@ -279,7 +277,7 @@ class KFACCapture:
         self._batch = int(x.shape[0]) if isinstance(x, torch.Tensor) and x.ndim > 1 else 1
 
     def _layer_hook(self, state: _State):
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
             if not self._active:
                 return
             x = inputs[0].detach()
@@ -322,8 +320,7 @@ class KFACCapture:
         for s in states:
             s.output = None
 
-    # ---- accumulation
-    # -------------------------------------------------------------------------------------------
+    # ---- accumulation ------------------------------------------------------------------
     @staticmethod
     def _add(state: _State, key: str, value: torch.Tensor) -> None:
         cur = getattr(state, key)

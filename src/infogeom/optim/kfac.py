@@ -4,14 +4,19 @@ For each preconditioned layer (gradient matrix X, Fisher block L ⊗ R, see :mod
 L = Q_L diag(e_L) Q_Lᵀ, R = Q_R diag(e_R) Q_Rᵀ the direction is
 
     Δ = Q_L [ (Q_Lᵀ X Q_R) ⊘ D ] Q_Rᵀ,
-    D_ij = (e_L,i + √λ/π)(e_R,j + π√λ)     (``damping_mode="pi"``: π-corrected factored Tikhonov damping), or
+    D_ij = (e_L,i + √λ/π)(e_R,j + π√λ)     (``damping_mode="pi"``: π-corrected factored Tikhonov damping),
+    D_ij = (e_L,i + √λ ē_L)(e_R,j + √λ ē_R) (``"relative"``: the π-corrected damping with λ measured in
+                                            units of ē_L ē_R, the mean eigenvalues: dimensionless, per
+                                            layer), or
     D_ij = e_L,i e_R,j + λ                  (``damping_mode="exact"``: exactly (L ⊗ R + λI)^{-1} X).
 
-KL clipping (trust region): with η the layer's learning rate and the K-FAC quadratic form
-ΔᵀF̂Δ = Σ_ij e_L,i e_R,j (Q_Lᵀ Δ Q_R)_ij², all directions are scaled by ν = min(1, √(κ / Σ_layers η² ΔᵀF̂Δ)),
-κ = ``kl_clip`` (None disables), so the predicted KL ½η²ΔᵀF̂Δ of the step stays ≤ κ/2. Then heavy-ball
-momentum b ← μ b + ν Δ and θ ← θ(1 − η·wd) − η b (decoupled weight decay). Per step: two small matmuls per
-side per layer; eigendecompositions every ``inv_every`` steps, factors every ``cov_every`` steps
+Heavy-ball momentum b ← μ b + Δ (kept in the eigenbasis, re-expressed when the bases change), then KL
+clipping (trust region) of the *applied* update: with η₀ the layer's base learning rate (a scheduler's
+``initial_lr``) and the K-FAC quadratic form bᵀF̂b = Σ_ij e_L,i e_R,j (Q_Lᵀ b Q_R)_ij², every buffer is scaled
+by ν = min(1, √(κ / Σ_layers η₀² bᵀF̂b)), κ = ``kl_clip`` (None disables), so the predicted KL ½η₀²bᵀF̂b of a
+step at the base rate stays ≤ κ/2 and a schedule's factor η/η₀ still scales the step. Then
+θ ← θ(1 − η·wd) − η b (decoupled weight decay), η the current rate. Per step: two small matmuls per side
+per layer; eigendecompositions every ``inv_every`` steps, factors every ``cov_every`` steps
 (:mod:`.kronecker`).
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn as nn
 
 from ..errors import InfogeomError
@@ -32,38 +38,50 @@ from .kronecker import (
 )
 from .registry import register_optimizer
 
-DAMPING_MODES = ("pi", "exact")
+DAMPING_MODES = ("pi", "relative", "exact")
 
 
 class KFACCore(KroneckerCore):
+    def _basis_changed(self, layer, old, new) -> None:
+        st = self.state[layer.weight]
+        if "momentum" in st:  # the buffer lives in the eigenbasis: re-express it in the new one
+            st["momentum"] = to_eigenbasis(from_eigenbasis(st["momentum"], *old), *new)
+
+    def _denominator(self, eL: torch.Tensor, eR: torch.Tensor) -> torch.Tensor:
+        """D with (damped F̂)^{-1} X = Q_L [(Q_Lᵀ X Q_R) ⊘ D] Q_Rᵀ for the configured damping mode."""
+        lam, mode = self.damping, self.defaults["damping_mode"]
+        if mode == "exact":
+            return eL[:, None] * eR[None, :] + lam
+        if mode == "pi":
+            sL = math.sqrt(lam) / pi_correction(eL, eR)
+            sR = math.sqrt(lam) * pi_correction(eL, eR)
+        else:
+            sL, sR = math.sqrt(lam) * float(eL.mean()), math.sqrt(lam) * float(eR.mean())
+        return (eL + sL)[:, None] * (eR + sR)[None, :]
+
     def _apply(self) -> None:
-        d, lam = self.defaults, self.damping
-        lrs = self.lr_of()
-        directions, quad = [], 0.0
+        d = self.defaults
+        lrs, base = self.lr_of(), self.lr_of("initial_lr")
+        bufs, quad = [], 0.0
         for layer in self.layers:
             eL, eR, QL, QR = self.eigenbasis(layer)
-            Y = to_eigenbasis(layer.grad_matrix(), QL, QR)
-            if d["damping_mode"] == "pi":
-                pi = pi_correction(eL, eR)
-                D = (eL + math.sqrt(lam) / pi)[:, None] * (eR + pi * math.sqrt(lam))[None, :]
-            else:
-                D = eL[:, None] * eR[None, :] + lam
-            Y = Y / D
-            directions.append(Y)
+            direction = to_eigenbasis(layer.grad_matrix(), QL, QR) / self._denominator(eL, eR)
+            st = self.state[layer.weight]
+            if d["momentum"] and "momentum" in st:
+                direction = st["momentum"].mul_(d["momentum"]).add_(direction)
+            bufs.append(direction)
             if d["kl_clip"] is not None:
-                quad += lrs[id(layer.weight)] ** 2 * float((eL[:, None] * eR[None, :] * Y.square()).sum())
+                curvature = eL[:, None] * eR[None, :]
+                quad += base[id(layer.weight)] ** 2 * float((curvature * direction.square()).sum())
         nu = min(1.0, math.sqrt(d["kl_clip"] / quad)) if d["kl_clip"] is not None and quad > 0 else 1.0
         wds = {id(p): g["weight_decay"] for g in self.param_groups for p in g["params"]}
-        for layer, Y in zip(self.layers, directions):
+        for layer, buf in zip(self.layers, bufs):
             _, _, QL, QR = self.eigenbasis(layer)
-            delta = from_eigenbasis(Y, QL, QR) * nu
-            st = self.state[layer.weight]
+            buf.mul_(nu)
             if d["momentum"]:
-                buf = st.get("momentum")
-                st["momentum"] = buf = delta if buf is None else buf.mul_(d["momentum"]).add_(delta)
-                delta = buf
+                self.state[layer.weight]["momentum"] = buf
             lr = lrs[id(layer.weight)]
-            for p, u in zip(layer.params, layer.split(delta)):
+            for p, u in zip(layer.params, layer.split(from_eigenbasis(buf, QL, QR))):
                 p.mul_(1 - lr * wds[id(p)]).add_(u, alpha=-lr)
 
 
@@ -71,8 +89,8 @@ class KFAC(KroneckerOptimizer):
     """K-FAC on the model's Linear layers (see module doc), AdamW (``adamw_lr``) on everything else.
 
     ``approx``: ``"reduce"`` (default, cheap: factors from sequence sums) or ``"expand"`` (every token an
-    example); ``fisher``: ``"mc"`` (labels sampled from the model, default), ``"empirical"`` or ``"exact"`` (V
-    backward passes; tests). ``head``: precondition the LM head (``"auto"``: only when untied);
+    example); ``fisher``: ``"mc"`` (labels sampled from the model, default), ``"empirical"`` or ``"exact"``
+    (V backward passes; tests). ``head``: precondition the LM head (``"auto"``: only when untied);
     ``embeddings``: also the untied embeddings (diagonal A); layers wider than ``max_factor_dim`` stay with
     AdamW.
     """

@@ -156,9 +156,10 @@ class KroneckerCore(Optimizer):
         self.capture.reset()
         self.capture.enabled = due(self.steps, self.defaults["cov_every"])
 
-    def lr_of(self) -> dict[int, float]:
-        """Learning rate of every layer (its weight's group; read each step, schedulers edit it)."""
-        lrs = {id(p): g["lr"] for g in self.param_groups for p in g["params"]}
+    def lr_of(self, key: str = "lr") -> dict[int, float]:
+        """Learning rate of every layer (its weight's group; read each step, schedulers edit it). With
+        ``key="initial_lr"``: the base rate a scheduler started from (the current one without a scheduler)."""
+        lrs = {id(p): g.get(key, g["lr"]) for g in self.param_groups for p in g["params"]}
         return {id(la.weight): lrs[id(la.weight)] for la in self.layers}
 
     def fail(self, reason: str) -> None:

@@ -16,7 +16,8 @@ Arms (same data, same initialisation per seed; the classical parameters always u
 * ``qng-pullback`` — QNG on the circuit weights with the pull-back G = E Jᵀ(diag p − ppᵀ)J of the LM's output
   distribution (the Fisher of the predictions restricted to the circuit weights).
 
-Reports the final validation loss (mean ± std over seeds) per arm.
+Reports the final validation loss (mean ± std over seeds) per arm, and the paired difference to the first arm
+(each seed fixes the initialisation and the batch sequence, so arms are compared seed by seed).
 """
 
 from __future__ import annotations
@@ -143,6 +144,12 @@ def run_ablation(cfg: AblationConfig, data=None, progress: bool = True) -> dict:
         finals = [r["final_val_loss"] for r in runs if r["arm"] == arm]
         std = statistics.stdev(finals) if len(finals) > 1 else 0.0
         summary[arm] = {"mean": statistics.fmean(finals), "std": std, "n": len(finals)}
+    base = {r["seed"]: r["final_val_loss"] for r in runs if r["arm"] == cfg.arms[0]}
+    for arm in cfg.arms[1:]:  # same seed = same initialisation and batches: paired differences
+        diffs = [r["final_val_loss"] - base[r["seed"]] for r in runs if r["arm"] == arm]
+        summary[arm]["paired_diff"] = {"vs": cfg.arms[0], "mean": statistics.fmean(diffs),
+                                       "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+                                       "better": sum(d < 0 for d in diffs)}
     return {"config": asdict(cfg), "vocab_size": data.vocab_size, "runs": runs, "summary": summary}
 
 
@@ -150,9 +157,14 @@ def format_summary(result: dict) -> str:
     cfg = result["config"]
     lines = [f"task={cfg['task']} corpus={cfg['corpus']} steps={cfg['steps']} seeds={cfg['seeds']} "
              f"qubits={cfg['n_qubits']} layers={cfg['n_layers']} lr={cfg['lr']} qng_lr={cfg['qng_lr']}",
-             f"{'arm':<14} {'final val loss (mean ± std)':>28}"]
+             f"{'arm':<14} {'final val loss (mean ± std)':>28}   "
+             "paired Δ vs first arm (mean ± std, seeds better)"]
     for arm, s in result["summary"].items():
-        lines.append(f"{arm:<14} {s['mean']:>18.4f} ± {s['std']:.4f}")
+        line = f"{arm:<14} {s['mean']:>18.4f} ± {s['std']:.4f}"
+        if "paired_diff" in s:
+            d = s["paired_diff"]
+            line += f"   {d['mean']:+.4f} ± {d['std']:.4f} ({d['better']}/{s['n']} better than {d['vs']})"
+        lines.append(line)
     return "\n".join(lines)
 
 
