@@ -219,6 +219,8 @@ def test_js_distance_bounds():
     p = torch.tensor([1.0, 0.0, 0.0], dtype=F64)
     q = torch.tensor([0.0, 0.0, 2.0], dtype=F64)
     assert js_distance(p, p) == 0
+    tiny = torch.tensor([1.0, 5e-324, 0.0], dtype=F64)  # a denormal must not make the distance infinite
+    assert math.isfinite(js_distance(tiny, q)) and math.isclose(js_distance(tiny, q), 1.0)
     assert math.isclose(js_distance(p, q), 1.0)
     assert math.isclose(
         js_distance(torch.tensor([0.5, 0.5], dtype=F64), torch.tensor([1.0, 0.0], dtype=F64)),

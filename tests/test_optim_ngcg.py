@@ -53,7 +53,8 @@ def test_step_is_the_damped_natural_gradient_and_damping_follows_the_reduction_r
     model, x, y = setup()
     loss0, g, F = dense(model, x, y)
     P = F.shape[0]
-    opt = NaturalGradientCG(model, lr=lr, damping=lam, cg_iters=4 * P, cg_tol=1e-13, curvature_batch=N)
+    opt = NaturalGradientCG(model, lr=lr, damping=lam, cg_iters=4 * P, cg_tol=1e-13, curvature_batch=N,
+                            kl_clip=None)
     before = flat(model)
     opt.zero_grad()
     lm_loss(model(x), y).backward()
@@ -68,6 +69,30 @@ def test_step_is_the_damped_natural_gradient_and_damping_follows_the_reduction_r
     assert st["rho"] == pytest.approx(float(rho), rel=1e-6)
     factor = 1.5 if rho < 0.25 else (1 / 1.5 if rho > 0.75 else 1.0)
     assert st["damping"] == pytest.approx(lam * factor, rel=1e-12)
+
+
+def test_trust_region_scales_the_step_and_a_step_that_raises_the_loss_is_undone():
+    kappa = 1e-4
+    model, x, y = setup()
+    loss0, g, F = dense(model, x, y)
+    P = F.shape[0]
+    full = -torch.linalg.solve(F + 1e-3 * torch.eye(P, dtype=F.dtype), g)
+    nu = (kappa / float(full @ F @ full)) ** 0.5
+    assert nu < 0.5
+    opt = NaturalGradientCG(model, lr=1.0, damping=1e-3, cg_iters=4 * P, cg_tol=1e-13, curvature_batch=N,
+                            kl_clip=kappa)
+    before = flat(model)
+    lm_loss(model(x), y).backward()
+    opt.step()
+    torch.testing.assert_close(flat(model) - before, nu * full, rtol=1e-7, atol=1e-10)
+
+    model, x, y = setup()
+    opt = NaturalGradientCG(model, lr=-50.0, damping=1e-3, curvature_batch=N, kl_clip=None)  # uphill
+    before = flat(model)
+    lm_loss(model(x), y).backward()
+    opt.step()
+    st = opt.state[next(model.parameters())]
+    assert torch.equal(flat(model), before) and st["rejected"] and st["damping"] > 1e-3
 
 
 def test_step_without_a_training_backward_is_a_clear_error():

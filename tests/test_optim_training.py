@@ -14,7 +14,7 @@ VOCAB, B, T = 11, 16, 16
 
 # (lr, options) per optimizer: frequent factor/decomposition refreshes so short runs cross those boundaries.
 SETTINGS = {
-    "kfac": (0.3, dict(cov_every=2, inv_every=3, adamw_lr=1e-2)),
+    "kfac": (3e-3, dict(cov_every=2, inv_every=3, adamw_lr=1e-2, damping=1e-3, kl_clip=1e-3)),
     "ekfac": (1e-2, dict(cov_every=2, inv_every=3)),
     "ngcg": (1.0, dict(cg_iters=5, curvature_batch=4)),
     "muon": (1e-2, {}),

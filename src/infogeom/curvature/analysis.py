@@ -171,14 +171,13 @@ def analyze(
                 else:
                     result["optimizer"] = info
                     label = "λ_max(P⁻¹H)" if info["kind"] == "adam" else "λ_max(H)"
-                    rows.append(
-                        (
-                            f"{info['kind']} {label}",
-                            _g(info["sharpness"]),
-                            f"EoS threshold {_g(info['threshold'])} (ratio {info['ratio']:.3f}); "
-                            f"2/η = {_g(info['gd_threshold'])}",
-                        )
+                    detail = (
+                        f"EoS threshold {_g(info['threshold'])} (ratio {info['ratio']:.3f}); "
+                        f"2/η = {_g(info['gd_threshold'])}"
+                        if info["lr"] > 0
+                        else "lr = 0 at this checkpoint: no EoS threshold"
                     )
+                    rows.append((f"{info['kind']} {label}", _g(info["sharpness"]), detail))
             save_json(result, out / "sharpness.json")
         elif item == "noise":
             ns = gradient_noise_scale(model, batch)

@@ -110,7 +110,9 @@ def parameter_blocks(
 
 def js_distance(p: torch.Tensor, q: torch.Tensor) -> float:
     """Jensen–Shannon distance (base 2, in [0, 1]) between two non-negative vectors, normalized to sum 1."""
-    p, q = p.clamp_min(0) / p.clamp_min(0).sum(), q.clamp_min(0) / q.clamp_min(0).sum()
+    p, q = (t.to(torch.float64).clamp_min(0) for t in (p, q))
+    p, q = p / p.sum(), q / q.sum()
+    p, q = (torch.where(t < 1e-300, torch.zeros_like(t), t) for t in (p, q))  # no denormals: a/m stays finite
     m = (p + q) / 2
 
     def kl(a: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ At the end the overhead is printed and written to ``<out_dir>/curvature_monitor.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -175,9 +176,7 @@ class CurvatureMonitor(Callback):
                 self._precond_failed = True
                 tqdm.write(f"curvature monitor: no preconditioned sharpness ({exc})")
             else:
-                out.update(
-                    precond_sharpness=info["sharpness"],
-                    eos_threshold=info["threshold"],
-                    eos_ratio=info["ratio"],
-                )
+                out["precond_sharpness"] = info["sharpness"]
+                if math.isfinite(info["threshold"]):  # lr = 0 (e.g. the last step of a decay): no threshold
+                    out.update(eos_threshold=info["threshold"], eos_ratio=info["ratio"])
         return out

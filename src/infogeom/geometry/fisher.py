@@ -91,16 +91,21 @@ class OutputCurvatureOperator(CurvatureOperator):
         raise NotImplementedError
 
     def _pushforward(self, V: torch.Tensor) -> torch.Tensor:
-        """``J V``: flat ``[P, k]`` -> ``[k, B, T, V]`` (vmapped jvp)."""
+        """``J V``: flat ``[P, k]`` -> ``[k, B, T, V]`` (jvp, vmapped over the k columns when k > 1)."""
         tangents = dict(zip(self.names, [t.T.reshape(-1, *s) for t, s in zip(V.split(
             [s.numel() for s in self.shapes]), self.shapes)]))
-        push = vmap(lambda t: jvp(self._f, (self._params,), (t,))[1], chunk_size=self.chunk_size)
+        push = lambda t: jvp(self._f, (self._params,), (t,))[1]  # noqa: E731
         with curvature_mode(self.model):
-            return push(tangents)
+            if V.shape[1] == 1:
+                return push({n: t[0] for n, t in tangents.items()})[None]
+            return vmap(push, chunk_size=self.chunk_size)(tangents)
 
     def _pullback(self, U: torch.Tensor) -> torch.Tensor:
-        """``Jᵀ U``: ``[k, B, T, V]`` -> flat ``[P, k]`` (vmapped vjp on the stored graph)."""
-        (g,) = vmap(self._vjp, chunk_size=self.chunk_size)(U)
+        """``Jᵀ U``: ``[k, B, T, V]`` -> flat ``[P, k]`` (vjp on the stored graph, vmapped when k > 1)."""
+        if U.shape[0] == 1:
+            g = {n: t[None] for n, t in self._vjp(U[0])[0].items()}
+        else:
+            (g,) = vmap(self._vjp, chunk_size=self.chunk_size)(U)
         return torch.cat([g[n].reshape(U.shape[0], -1) for n in self.names], dim=1).T
 
     def _output_factor(self) -> torch.Tensor | None:

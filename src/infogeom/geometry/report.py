@@ -30,8 +30,8 @@ from .structured import (
     DiagonalOperator,
     EKFACOperator,
     KFACOperator,
+    LowRankOperator,
     diagonal_approximation,
-    low_rank_approximation,
 )
 
 
@@ -48,6 +48,12 @@ def _block_diagonal(F: torch.Tensor, op: KFACOperator) -> torch.Tensor:
                          for n in (b.factors.info.weight, b.factors.info.bias) if n is not None])
         out[idx[:, None], idx] = F[idx[:, None], idx]
     return out
+
+
+def _eigen_solver(evals: torch.Tensor, evecs: torch.Tensor, g: torch.Tensor):
+    """λ ↦ (Q diag(e) Qᵀ + λI)^{-1} g, one eigendecomposition for all dampings."""
+    coeff = evecs.T @ g
+    return lambda lam: evecs @ (coeff / (evals + lam))
 
 
 def approximation_report(model: nn.Module, batch: Batch, damping: float | Sequence[float] | None = None,
@@ -74,8 +80,8 @@ def approximation_report(model: nn.Module, batch: Batch, damping: float | Sequen
         lams = [r * mean_eig for r in (1e-3, 1e-2, 1e-1)]
     else:
         lams = [float(d) for d in (damping if isinstance(damping, Sequence) else [damping])]
-    eye = torch.eye(P, dtype=F.dtype, device=F.device)
-    targets = [torch.linalg.solve(F + lam * eye, g) for lam in lams]
+    evals, evecs = torch.linalg.eigh(F)
+    target = _eigen_solver(evals, evecs, g)
     factors = {a: ekfac_factors(model, batch, a, fisher, mc_samples, generator) for a in ("expand", "reduce")}
     kfac = {a: KFACOperator.from_factors(model, f) for a, f in factors.items()}
     candidates: list[tuple[str, CurvatureOperator, dict]] = [
@@ -83,7 +89,8 @@ def approximation_report(model: nn.Module, batch: Batch, damping: float | Sequen
         ("empirical Fisher", DenseOperator(FisherOperator(model, batch, "empirical", names=names).to_dense()),
          {}),
         ("diagonal", diagonal_approximation(DenseOperator(F)), {}),
-        (f"low-rank (top {rank})", low_rank_approximation(DenseOperator(F), rank), {}),
+        (f"low-rank (top {rank})", LowRankOperator(evecs[:, -rank:], evals[-rank:].clamp_min(0), names,
+                                                   exact.shapes), {}),
         ("exact layer blocks", DenseOperator(_block_diagonal(F, kfac["expand"])), {}),
     ]
     for a in ("expand", "reduce"):
@@ -98,11 +105,10 @@ def approximation_report(model: nn.Module, batch: Batch, damping: float | Sequen
             D = op.matrix if isinstance(op, DenseOperator) else op.to_dense()
             errors[id(op)] = (torch.linalg.matrix_norm(D - F) / norm_F).item()
             del D
-        cosines = []
-        for lam, target in zip(lams, targets):
-            step = (torch.linalg.solve(op.matrix + lam * eye, g) if isinstance(op, DenseOperator)
-                    else op.solve(g, damping=lam, **opts))
-            cosines.append(torch.nn.functional.cosine_similarity(step, target, dim=0).item())
+        solve = (_eigen_solver(*torch.linalg.eigh(op.matrix), g) if isinstance(op, DenseOperator)
+                 else lambda lam, op=op, opts=opts: op.solve(g, damping=lam, **opts))
+        cosines = [torch.nn.functional.cosine_similarity(solve(lam), target(lam), dim=0).item()
+                   for lam in lams]
         rows.append({"name": name, "rel_frobenius": errors[id(op)], "cosines": cosines})
     report = {
         "params_total": sum(p.numel() for p in all_params.values()), "params_compared": P,

@@ -5,16 +5,20 @@ trainer's gradient (``p.grad``: all-reduced by DDP, clipped, accumulated) and F 
 (:class:`~infogeom.geometry.FisherOperator`, matrix-free jvp/vjp, = GGN of the mean token loss) on the first
 ``curvature_batch`` sequences of the last training micro-batch (captured by :class:`~.capture.BatchCapture`,
 so the trainer needs no changes). CG starts from ``warm_start · Δ_prev``. The step is
-``θ ← θ(1 − η·wd) + η Δ`` per group.
+``θ ← θ(1 − η·wd) + ν η Δ`` per group, where the trust region ν = min(1, √(κ / η₀² ΔᵀFΔ)) (κ = ``kl_clip``,
+η₀ the base rate of a schedule) bounds the predicted KL ½η₀²ΔᵀFΔ of a base-rate step by κ/2.
 
 Levenberg–Marquardt adaptation: with the curvature batch's loss L_c, gradient g_c and the applied step s,
 ρ = (L_c(θ + s) − L_c(θ)) / (g_cᵀ s + ½ sᵀ F s); λ ← λ·``lm_factor`` if ρ < 1/4, λ ← λ/``lm_factor`` if
-ρ > 3/4 (clamped to ``damping_bounds``). Cost per step: one forward+vjp graph, ``cg_iters + 1`` Fisher-vector
-products (≈ 2–3 gradients each on the curvature batch) and one forward for ρ. Under DDP Fisher-vector
-products, g_c and the losses are averaged over ranks, so every rank computes the same Δ.
+ρ > 3/4 (clamped to ``damping_bounds``). A step that raises L_c is undone (ρ < 0, so λ grows). Cost per
+step: one forward+vjp graph, ``cg_iters + 1`` Fisher-vector products (≈ 2–3 gradients each on the curvature
+batch) and one forward for ρ. Under DDP Fisher-vector products, g_c and the losses are averaged over ranks,
+so every rank computes the same Δ.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -38,10 +42,12 @@ class NaturalGradientCG(Optimizer):
 
     def __init__(self, model: nn.Module, lr: float = 1.0, weight_decay: float = 0.0, damping: float = 1.0,
                  cg_iters: int = 10, cg_tol: float = 1e-3, curvature_batch: int = 8, warm_start: float = 0.95,
-                 lm_factor: float = 1.5, damping_bounds: tuple[float, float] = (1e-4, 1e4)):
+                 lm_factor: float = 1.5, damping_bounds: tuple[float, float] = (1e-4, 1e4),
+                 kl_clip: float | None = 1e-2):
         defaults = dict(lr=lr, weight_decay=weight_decay, damping=damping, cg_iters=int(cg_iters),
                         cg_tol=cg_tol, curvature_batch=int(curvature_batch), warm_start=warm_start,
-                        lm_factor=lm_factor, damping_bounds=tuple(damping_bounds))
+                        lm_factor=lm_factor, damping_bounds=tuple(damping_bounds),
+                        kl_clip=kl_clip)
         super().__init__(adamw_groups(model, (), weight_decay), defaults)
         names = {id(p): n for n, p in model.named_parameters()}
         self.model = model
@@ -91,7 +97,14 @@ class NaturalGradientCG(Optimizer):
         lrs = torch.cat([torch.full((p.numel(),), g["lr"], dtype=delta.dtype, device=delta.device)
                          for g in self.param_groups for p in g["params"]])
         s = lrs * delta
-        stats = torch.stack([op.loss, op.gradient @ s + 0.5 * s @ fvp(s)])
+        quad = s @ fvp(s)
+        nu = 1.0
+        if d["kl_clip"] is not None and quad > 0:  # at the base rate; a schedule scales every group alike
+            g0 = self.param_groups[0]
+            ratio = g0["lr"] / g0.get("initial_lr", g0["lr"])
+            nu = min(1.0, math.sqrt(d["kl_clip"] / float(quad)) * ratio) if ratio > 0 else 1.0
+        s = nu * s
+        stats = torch.stack([op.loss, op.gradient @ s + 0.5 * nu ** 2 * quad])
         old = [p.detach().clone() for p in self._params]
         for group in self.param_groups:
             for p in group["params"]:
@@ -103,18 +116,20 @@ class NaturalGradientCG(Optimizer):
         stats = torch.cat([stats, new_loss[None].to(stats.dtype)])
         all_reduce_mean_([stats])
         old_loss, predicted, new_loss = stats.tolist()
-        if not all_finite([stats]):
+        finite = all_finite([stats])
+        if not finite or new_loss > old_loss:  # reject: the loss went up on the curvature batch
             for p, o in zip(self._params, old):
                 p.copy_(o)
-            self._skip(st, "non-finite loss after the step")
-            return loss
+            if not finite:
+                self._skip(st, "non-finite loss after the step")
+                return loss
         rho = (new_loss - old_loss) / predicted if predicted < 0 else -1.0
         low, high = d["damping_bounds"]
         if rho < 0.25:
             damping *= d["lm_factor"]
         elif rho > 0.75:
             damping /= d["lm_factor"]
-        st.update(damping=min(max(damping, low), high), rho=rho, cg_iters=iters)
+        st.update(damping=min(max(damping, low), high), rho=rho, cg_iters=iters, rejected=new_loss > old_loss)
         for p, v in zip(self._params, unflatten(delta, shapes)):
             self.state[p]["delta"] = v.to(p.dtype)
         return loss
