@@ -167,7 +167,8 @@ class DenseOperator(CurvatureOperator):
         self.names = list(names) if names is not None else [f"p{i}" for i in range(len(self.shapes))]
         self.dtype, self.device = matrix.dtype, matrix.device
         if self.dim != matrix.shape[0]:
-            raise InfogeomError(f"shapes add up to {self.dim} entries but the matrix is {matrix.shape[0]}x{matrix.shape[0]}")
+            n = matrix.shape[0]
+            raise InfogeomError(f"shapes add up to {self.dim} entries but the matrix is {n}x{n}")
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         return self.matrix @ V

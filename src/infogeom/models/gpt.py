@@ -1,7 +1,7 @@
 """A decoder-only transformer language model (GPT), readable in one sitting.
 
-Pre-norm blocks: x ← x + Attn(Norm(x)); x ← x + MLP(Norm(x)). Learned absolute positions, optional weight tying
-between token embedding and LM head, LayerNorm or RMSNorm.
+Pre-norm blocks: x ← x + Attn(Norm(x)); x ← x + MLP(Norm(x)). Learned absolute positions, optional weight
+tying between token embedding and LM head, LayerNorm or RMSNorm.
 
 Attention has two numerically equivalent paths:
 - ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention`` (fast, fused kernels; no double backward);
@@ -48,13 +48,15 @@ class GPTConfig:
             if int(getattr(self, name)) <= 0:
                 raise InfogeomError(f"model.{name} must be a positive integer, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
-            raise InfogeomError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+            raise InfogeomError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head "
+                                f"({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise InfogeomError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.norm not in NORMS:
             raise InfogeomError(f"unknown model.norm {self.norm!r}; choose one of {', '.join(NORMS)}")
         if self.attention not in ATTENTION_PATHS:
-            raise InfogeomError(f"unknown model.attention {self.attention!r}; choose one of {', '.join(ATTENTION_PATHS)}")
+            raise InfogeomError(f"unknown model.attention {self.attention!r}; choose one of "
+                                f"{', '.join(ATTENTION_PATHS)}")
         return self
 
 
@@ -148,7 +150,8 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         T = idx.size(1)
         if T > self.config.block_size:
-            raise InfogeomError(f"sequence length {T} exceeds the model's block_size {self.config.block_size}")
+            raise InfogeomError(f"sequence length {T} exceeds the model's block_size "
+                                f"{self.config.block_size}")
         pos = torch.arange(T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for block in self.blocks:
@@ -163,7 +166,8 @@ class GPT(nn.Module):
     def set_attention(self, path: str) -> None:
         """Select the attention path (``"sdpa"`` or ``"math"``) for every block."""
         if path not in ATTENTION_PATHS:
-            raise InfogeomError(f"unknown attention path {path!r}; choose one of {', '.join(ATTENTION_PATHS)}")
+            raise InfogeomError(f"unknown attention path {path!r}; choose one of "
+                                f"{', '.join(ATTENTION_PATHS)}")
         self.config.attention = path
         for block in self.blocks:
             block.attn.path = path
