@@ -70,17 +70,21 @@ def train(model: GPT, tokens: torch.Tensor, steps: int, B: int, T: int, gen: tor
     return loss.item()
 
 
-def median_time(fn, reps: int, device: str) -> float:
-    times = []
-    for _ in range(reps + 1):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times[1:])  # first run is warm-up
+def interleaved_medians(fns: dict, reps: int, device: str) -> dict:
+    """Median seconds of each function, timed round-robin (one call of each per round, after one warm-up
+    round) so that background load affects all of them alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(reps + 1):
+        for k, fn in fns.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if r:
+                times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def time_products(model: GPT, batch, reps: int, device: str) -> dict:
@@ -91,16 +95,17 @@ def time_products(model: GPT, batch, reps: int, device: str) -> dict:
     def gradient():
         torch.autograd.grad(lm_loss(model(batch[0]), batch[1]), params)
 
-    out = {"gradient_sdpa": median_time(gradient, reps, device)}
-    with curvature_mode(model):
-        out["gradient_math"] = median_time(gradient, reps, device)
+    def gradient_math():
+        with curvature_mode(model):
+            gradient()
+
     fisher = FisherOperator(model, batch)
     hess = HessianOperator(model, batch)
-    out["fvp_setup"] = median_time(lambda: FisherOperator(model, batch), reps, device)
-    out["fvp"] = median_time(lambda: fisher.matvec(v), reps, device)
-    out["hvp_setup"] = median_time(lambda: HessianOperator(model, batch), reps, device)
-    out["hvp"] = median_time(lambda: hess.matvec(v), reps, device)
-    return out
+    return interleaved_medians({
+        "gradient_sdpa": gradient, "gradient_math": gradient_math,
+        "fvp": lambda: fisher.matvec(v), "fvp_setup": lambda: FisherOperator(model, batch),
+        "hvp": lambda: hess.matvec(v), "hvp_setup": lambda: HessianOperator(model, batch),
+    }, reps, device)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -138,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     # timing on the default small model
     tcfg = GPTConfig(vocab_size=vocab)
     tmodel = GPT(tcfg).to(args.device).eval()
-    tB, tT, reps = (8, 64, 3) if args.quick else (16, tcfg.block_size, 5)
+    tB, tT, reps = (8, 64, 7) if args.quick else (16, tcfg.block_size, 11)
     tbatch = get_batch(tokens, tB, tT, torch.Generator().manual_seed(args.seed + 2), args.device)
     times = time_products(tmodel, tbatch, reps, args.device)
     results["timing_model"] = vars(tcfg) | {"params": tmodel.num_parameters(), "batch": [tB, tT],
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     results["timing_seconds"] = times
     g = times["gradient_sdpa"]
     print(f"\ntiming: default GPTConfig model ({tmodel.num_parameters()} parameters), batch {tB}x{tT}, "
-          f"{args.device}, median of {reps}")
+          f"{args.device}, median of {reps} interleaved rounds")
     print("| product | seconds | × one gradient (sdpa) |\n|---|---:|---:|")
     labels = {"gradient_sdpa": "gradient (sdpa attention)", "gradient_math": "gradient (math attention)",
               "fvp": "Fisher-vector product", "fvp_setup": "FisherOperator setup (forward + vjp graph)",

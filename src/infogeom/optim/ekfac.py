@@ -53,7 +53,7 @@ class EKFAC(KroneckerOptimizer):
     rest. Options as :class:`~.kfac.KFAC` (factors, schedule, layer selection); ``betas``/``eps`` are shared
     with the AdamW part."""
 
-    def __init__(self, model: nn.Module, lr: float = 3e-3, weight_decay: float = 0.0, betas=(0.9, 0.95),
+    def __init__(self, model: nn.Module, lr: float = 8e-3, weight_decay: float = 0.0, betas=(0.9, 0.95),
                  eps: float = 1e-8, cov_every: int = 10, inv_every: int = 50, factor_decay: float = 0.95,
                  approx: str = "reduce", fisher: str = "mc", mc_samples: int = 1, head: bool | str = "auto",
                  embeddings: bool = False, max_factor_dim: int = 2048, adamw_lr: float | None = None,

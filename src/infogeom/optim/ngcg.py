@@ -41,7 +41,7 @@ class NaturalGradientCG(Optimizer):
     """
 
     def __init__(self, model: nn.Module, lr: float = 1.0, weight_decay: float = 0.0, damping: float = 1.0,
-                 cg_iters: int = 10, cg_tol: float = 1e-3, curvature_batch: int = 8, warm_start: float = 0.95,
+                 cg_iters: int = 5, cg_tol: float = 1e-3, curvature_batch: int = 4, warm_start: float = 0.95,
                  lm_factor: float = 1.5, damping_bounds: tuple[float, float] = (1e-4, 1e4),
                  kl_clip: float | None = 1e-2):
         defaults = dict(lr=lr, weight_decay=weight_decay, damping=damping, cg_iters=int(cg_iters),
