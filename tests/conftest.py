@@ -3,6 +3,9 @@ import torch
 
 from infogeom.models import GPT, GPTConfig
 
+# The suite runs on 2 cores with pytest-xdist (-n 2): one intra-op thread per worker is fastest for tiny models.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():
