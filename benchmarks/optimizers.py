@@ -27,6 +27,7 @@ import json
 import math
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,14 +43,14 @@ RESULTS = Path(__file__).parent / "results"
 
 #: optimizer -> (learning-rate grid of a full run, options). Ours use their library defaults.
 GRIDS: dict[str, tuple[list[float], dict]] = {
-    "adamw": ([1e-3, 2e-3, 4e-3, 8e-3], {}),
-    "muon": ([1e-3, 2e-3, 4e-3, 8e-3], {}),
-    "soap": ([1e-3, 2e-3, 4e-3, 8e-3], {}),
-    "ekfac": ([1e-3, 2e-3, 4e-3, 8e-3], {}),
-    "kfac": ([0.03, 0.1, 0.3], {}),
+    "adamw": ([2e-3, 4e-3, 8e-3, 1.6e-2], {}),
+    "muon": ([4e-3, 8e-3, 1.6e-2, 3.2e-2], {}),
+    "soap": ([2e-3, 4e-3, 8e-3, 1.6e-2], {}),
+    "ekfac": ([5e-3, 1e-2, 2e-2], {}),
+    "kfac": ([1e-3, 3e-3, 1e-2], {}),
     "ngcg": ([1.0], {}),
 }
-QUICK_GRIDS = {"adamw": [2e-3, 4e-3], "muon": [4e-3], "soap": [4e-3], "ekfac": [4e-3], "kfac": [0.1],
+QUICK_GRIDS = {"adamw": [4e-3, 8e-3], "muon": [1.6e-2], "soap": [8e-3], "ekfac": [1e-2], "kfac": [3e-3],
                "ngcg": [1.0]}
 
 
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="smoke run: tiny budgets, one or two lrs per optimizer")
-    p.add_argument("--budget", type=float, help="training seconds per run (default 95, quick 6)")
+    p.add_argument("--budget", type=float, help="training seconds per run (default 110, quick 6)")
     p.add_argument("--target", type=float, help="target validation loss (default: tuned AdamW's best)")
     p.add_argument("--optimizers", default=",".join(GRIDS), help="comma-separated subset (adamw is required)")
     p.add_argument("--eval-every", type=int, help="steps between evaluations (default 40, quick 5)")
@@ -168,10 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--out", type=Path, default=RESULTS / "optimizers.json")
     args = p.parse_args(argv)
-    args.budget = args.budget or (6.0 if args.quick else 95.0)
+    args.budget = args.budget or (6.0 if args.quick else 110.0)
     args.eval_every = args.eval_every or (5 if args.quick else 40)
     if args.threads:
         torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message="Learning rate changed between steps")  # heavyball, on warmup
     names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
     unknown = [n for n in names if n not in GRIDS]
     if unknown or "adamw" not in names:

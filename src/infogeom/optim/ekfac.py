@@ -22,6 +22,8 @@ from .registry import register_optimizer
 
 
 class EKFACCore(KroneckerCore):
+    label = "ekfac"
+
     def _basis_changed(self, layer, old, new) -> None:
         st = self.state[layer.weight]
         if "exp_avg" in st:  # re-express the first moment in the new eigenbasis

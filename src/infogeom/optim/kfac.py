@@ -42,6 +42,8 @@ DAMPING_MODES = ("pi", "relative", "exact")
 
 
 class KFACCore(KroneckerCore):
+    label = "kfac"
+
     def _basis_changed(self, layer, old, new) -> None:
         st = self.state[layer.weight]
         if "momentum" in st:  # the buffer lives in the eigenbasis: re-express it in the new one

@@ -10,12 +10,13 @@ Schedule (k = number of completed steps): the capture is enabled only for the fo
 k ≡ 0 (mod ``cov_every``) or k a power of two below ``cov_every`` (:func:`due`); that step pops the fresh
 factors, all-reduces them over DDP ranks and folds them into running averages L ← d·L + (1−d)·L_new (d =
 ``factor_decay``; the first factors are taken as they are). Steps due for ``inv_every`` eigendecompose L =
-Q_L diag(e_L) Q_Lᵀ and R likewise (float64 ``eigh``, eigenvalues clamped at 0; vector factors are their own
-eigenvalues). Under DDP the decompositions are spread over the ranks (greedy by d³ cost) and broadcast, so
-every rank holds identical bases. With ``fisher="mc"`` the capture samples labels y ~ p_θ from a seeded
-generator and back-propagates them from the logits to the layer outputs at the end of the forward
-(``autograd.grad`` with ``retain_graph``, no parameter gradients): about half a backward, on cov steps only.
-``fisher="empirical"`` reuses the training backward (free, but not the Fisher).
+Q_L diag(e_L) Q_Lᵀ and R likewise (``eigh`` in the factors' dtype, retried in float64 on failure;
+eigenvalues clamped at 0; vector factors are their own eigenvalues). Under DDP the decompositions are spread
+over the ranks (greedy by d³ cost) and broadcast, so every rank holds identical bases. With ``fisher="mc"``
+the capture samples labels y ~ p_θ from a seeded generator and back-propagates them from the logits to the
+layer outputs at the end of the forward (``autograd.grad`` with ``retain_graph``, no parameter gradients):
+about half a backward, on cov steps only. ``fisher="empirical"`` reuses the training backward (free, but not
+the Fisher).
 
 Safety: a non-finite gradient, non-finite factors or a failed/non-finite decomposition skip the whole step
 (the parameters are untouched), multiply the damping by ``damping_boost`` and warn; the damping then relaxes
@@ -82,6 +83,20 @@ def from_eigenbasis(Y: torch.Tensor, QL: torch.Tensor | None, QR: torch.Tensor |
     return Y if QR is None else Y @ QR.T
 
 
+def symmetric_eigh(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``eigh`` in the factor's dtype, retried in float64 when it fails or returns non-finite values
+    (float32 is about twice as fast; the retry keeps it robust). Raises when float64 fails too."""
+    try:
+        e, Q = torch.linalg.eigh(M)
+        if all_finite([e, Q]):
+            return e, Q
+    except RuntimeError:
+        if M.dtype == torch.float64:
+            raise
+    e, Q = torch.linalg.eigh(M.double())
+    return e.to(M.dtype), Q.to(M.dtype)
+
+
 def due(step: int, every: int) -> bool:
     """Refresh schedule: every ``every`` steps, and at the powers of two before that (steps 0, 1, 2, 4, 8,
     …), so the curvature tracks the fast early changes of a fresh network."""
@@ -123,6 +138,8 @@ class KroneckerCore(Optimizer):
     :meth:`extra_state`.
     """
 
+    label = "kronecker"  # the registered name, for warnings
+
     def __init__(self, model: nn.Module, modules: list[str], lr: float, weight_decay: float, damping: float,
                  approx: str, fisher: str, mc_samples: int, cov_every: int, inv_every: int,
                  factor_decay: float, damping_boost: float, seed: int, **defaults):
@@ -158,7 +175,8 @@ class KroneckerCore(Optimizer):
 
     def lr_of(self, key: str = "lr") -> dict[int, float]:
         """Learning rate of every layer (its weight's group; read each step, schedulers edit it). With
-        ``key="initial_lr"``: the base rate a scheduler started from (the current one without a scheduler)."""
+        ``key="initial_lr"``: the base rate a scheduler started from (the current one without a
+        scheduler)."""
         lrs = {id(p): g.get(key, g["lr"]) for g in self.param_groups for p in g["params"]}
         return {id(la.weight): lrs[id(la.weight)] for la in self.layers}
 
@@ -166,7 +184,7 @@ class KroneckerCore(Optimizer):
         """Skip this step: raise the damping, warn, drop factors captured for it."""
         self.damping *= self.defaults["damping_boost"]
         self.capture.reset()
-        warn_skip(type(self).__name__, reason, self.damping)
+        warn_skip(self.label, reason, self.damping)
 
     # ---- curvature -----------------------------------------------------------------------------------------
     def _update_factors(self) -> bool:
@@ -206,9 +224,9 @@ class KroneckerCore(Optimizer):
             e, Q = M.new_zeros(M.shape[0]), torch.zeros_like(M)
             if r == me:
                 try:
-                    e64, Q64 = torch.linalg.eigh(M.double())
-                    e.copy_(e64.clamp_min(0))
-                    Q.copy_(Q64)
+                    eM, QM = symmetric_eigh(M)
+                    e.copy_(eM.clamp_min(0))
+                    Q.copy_(QM)
                 except RuntimeError:  # includes torch.linalg.LinAlgError (no convergence)
                     e.fill_(float("nan"))
             results.append((e, Q))
