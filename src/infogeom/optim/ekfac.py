@@ -44,7 +44,8 @@ class EKFACCore(KroneckerCore):
             m, v = st["exp_avg"], st["exp_avg_sq"]
             m.lerp_(Y, 1 - b1)
             v.mul_(b2).addcmul_(Y, Y, value=1 - b2)
-            step = (m / (1 - b1 ** t)).div_((v / (1 - b2 ** t)).sqrt_().add_(eps))
+            first = m.lerp(Y, 1 - b1) if self.defaults["nesterov"] else m  # Nesterov: look one step ahead
+            step = (first / (1 - b1 ** t)).div_((v / (1 - b2 ** t)).sqrt_().add_(eps))
             lr = lrs[id(layer.weight)]
             for p, u in zip(layer.params, layer.split(from_eigenbasis(step, QL, QR))):
                 p.mul_(1 - lr * wds[id(p)]).add_(u, alpha=-lr)
@@ -55,14 +56,15 @@ class EKFAC(KroneckerOptimizer):
     rest. Options as :class:`~.kfac.KFAC` (factors, schedule, layer selection); ``betas``/``eps`` are shared
     with the AdamW part."""
 
-    def __init__(self, model: nn.Module, lr: float = 8e-3, weight_decay: float = 0.0, betas=(0.9, 0.95),
-                 eps: float = 1e-8, cov_every: int = 10, inv_every: int = 50, factor_decay: float = 0.95,
-                 approx: str = "reduce", fisher: str = "mc", mc_samples: int = 1, head: bool | str = "auto",
-                 embeddings: bool = False, max_factor_dim: int = 2048, adamw_lr: float | None = None,
-                 damping_boost: float = 10.0, seed: int = 0):
+    def __init__(self, model: nn.Module, lr: float = 1e-2, weight_decay: float = 0.0, betas=(0.9, 0.95),
+                 eps: float = 1e-8, nesterov: bool = False, cov_every: int = 2, inv_every: int = 10,
+                 factor_decay: float = 0.8, approx: str = "reduce", fisher: str = "empirical", mc_samples: int = 1,
+                 head: bool | str = "auto", embeddings: bool = False, max_factor_dim: int = 2048,
+                 adamw_lr: float | None = None, damping_boost: float = 10.0, seed: int = 0):
         modules = select_layers(model, head, embeddings, max_factor_dim)
         core = EKFACCore(model, modules, lr, weight_decay, eps, approx, fisher, mc_samples, cov_every,
-                         inv_every, factor_decay, damping_boost, seed, betas=tuple(betas))
+                         inv_every, factor_decay, damping_boost, seed, betas=tuple(betas),
+                         nesterov=bool(nesterov))
         super().__init__(model, core, lr if adamw_lr is None else adamw_lr, weight_decay, betas, eps)
 
 
