@@ -109,10 +109,11 @@ def test_kl_clip_bounds_the_quadratic_form_of_the_step():
     assert float(step @ F @ step) == pytest.approx(kappa, rel=1e-8)
 
 
-def test_ekfac_first_step_is_normalized_descent_in_the_fisher_eigenbasis():
-    """At t = 1 the bias-corrected moments are m = X, v = Y² with Y = Q_Lᵀ X Q_R, so Δ = Q_L (Y ⊘ (|Y| + ε))
-    Q_Rᵀ; with W ≠ 0 the factors G = (1/N) Σ M_n, A = (1/N) Σ ã ãᵀ have simple spectra (the basis is
-    unique)."""
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_ekfac_first_step_is_normalized_descent_in_the_fisher_eigenbasis(nesterov):
+    """At t = 1 the bias-corrected moments are m = Y, v = Y² with Y = Q_Lᵀ X Q_R, so
+    Δ = Q_L (Y ⊘ (|Y| + ε)) Q_Rᵀ (Nesterov's look-ahead β₁m + (1−β₁)Y makes it (1 + β₁) times that); with
+    W ≠ 0 the factors G = (1/N) Σ M_n, A = (1/N) Σ ã ãᵀ have simple spectra (the basis is unique)."""
     model, (x, y) = linear_model(zero=False), data()
     lr, eps = 0.01, 1e-8  # ε ≫ round-off of the null row of G (Σ_v ∂L/∂z_v = 0), ≪ the other entries
     a = torch.cat([x.reshape(N, D_IN), torch.ones(N, 1, dtype=torch.float64)], dim=1)
@@ -120,9 +121,10 @@ def test_ekfac_first_step_is_normalized_descent_in_the_fisher_eigenbasis():
         p = model(x).reshape(N, V).softmax(-1)
     A, G = a.T @ a / N, (torch.diag_embed(p) - p[:, :, None] * p[:, None, :]).mean(0)
     (_, QG), (_, QA) = torch.linalg.eigh(G), torch.linalg.eigh(A)
-    step, g = one_step(EKFAC(model, lr=lr, eps=eps, fisher="exact", approx="expand"), model, x, y)
+    opt = EKFAC(model, lr=lr, eps=eps, fisher="exact", approx="expand", nesterov=nesterov, betas=(0.9, 0.95))
+    step, g = one_step(opt, model, x, y)
     Y = QG.T @ to_matrix(g) @ QA
-    expected = -lr * QG @ (Y / (Y.abs() + eps)) @ QA.T
+    expected = -lr * (1.9 if nesterov else 1.0) * QG @ (Y / (Y.abs() + eps)) @ QA.T
     torch.testing.assert_close(to_matrix(step), expected, rtol=1e-7, atol=1e-9)
 
 

@@ -4,13 +4,15 @@ With the K-FAC eigenbases Q_L, Q_R of a layer (:mod:`.kronecker`; Fisher factors
 ``inv_every`` steps) and gradient matrix X, at update t:
 
     Y = Q_Lᵀ X Q_R,   m ← β₁ m + (1−β₁) Y,   v ← β₂ v + (1−β₂) Y^{∘2}     (both moments in the eigenbasis)
-    Δ = Q_L [ (m / (1−β₁ᵗ)) ⊘ (√(v / (1−β₂ᵗ)) + ε) ] Q_Rᵀ,    θ ← θ(1 − η·wd) − η Δ.
+    Δ = Q_L [ (m̃ / (1−β₁ᵗ)) ⊘ (√(v / (1−β₂ᵗ)) + ε) ] Q_Rᵀ,    θ ← θ(1 − η·wd) − η Δ,
 
-v is a diagonal rescaling in the Kronecker eigenbasis (George et al. 2018), estimated Adam-style from the
-batch gradients. When the bases are refreshed, m is re-expressed in the new basis and v is kept (as in SOAP).
-SOAP (Vyas et al. 2024) is the same update in the eigenbasis of gradient outer products (Shampoo factors);
-here the basis is that of the Fisher factors. ε plays the role of the damping (raised when a step is skipped).
-Cost per step: four small matmuls per layer (two rotations).
+with m̃ = β₁ m + (1−β₁) Y (Nesterov look-ahead, ``nesterov=True``, the default) or m̃ = m. v is a diagonal
+rescaling in the Kronecker eigenbasis (George et al. 2018), estimated Adam-style from the batch gradients.
+When the bases are refreshed, m is re-expressed in the new basis and v is kept (as in SOAP). SOAP (Vyas et
+al. 2024) is the same update in the eigenbasis of gradient outer products (Shampoo factors); here the basis
+is that of the Kronecker factors (by default the empirical ones from the training backward, refreshed often:
+in our measurements fresh factors mattered more than sampled-label ones). ε plays the role of the damping
+(raised when a step is skipped). Cost per step: four small matmuls per layer (two rotations).
 """
 
 from __future__ import annotations
@@ -52,12 +54,12 @@ class EKFACCore(KroneckerCore):
 
 
 class EKFAC(KroneckerOptimizer):
-    """Adam in the K-FAC eigenbasis on the model's Linear layers, AdamW (``adamw_lr``, default ``lr``) on the
-    rest. Options as :class:`~.kfac.KFAC` (factors, schedule, layer selection); ``betas``/``eps`` are shared
-    with the AdamW part."""
+    """Adam in the K-FAC eigenbasis on the model's Linear layers, AdamW (``adamw_lr``, default ``lr``) on
+    the rest. Options as :class:`~.kfac.KFAC` (factors, schedule, layer selection); ``betas``/``eps`` are
+    shared with the AdamW part."""
 
     def __init__(self, model: nn.Module, lr: float = 1e-2, weight_decay: float = 0.0, betas=(0.9, 0.95),
-                 eps: float = 1e-8, nesterov: bool = False, cov_every: int = 2, inv_every: int = 10,
+                 eps: float = 1e-8, nesterov: bool = True, cov_every: int = 2, inv_every: int = 10,
                  factor_decay: float = 0.8, approx: str = "reduce", fisher: str = "empirical", mc_samples: int = 1,
                  head: bool | str = "auto", embeddings: bool = False, max_factor_dim: int = 2048,
                  adamw_lr: float | None = None, damping_boost: float = 10.0, seed: int = 0):

@@ -98,8 +98,8 @@ class KFAC(KroneckerOptimizer):
     """
 
     def __init__(self, model: nn.Module, lr: float = 3e-3, weight_decay: float = 0.0, damping: float = 1e-3,
-                 damping_mode: str = "pi", kl_clip: float | None = 1e-3, momentum: float = 0.9,
-                 cov_every: int = 10, inv_every: int = 50, factor_decay: float = 0.95, approx: str = "reduce",
+                 damping_mode: str = "pi", kl_clip: float | None = 1e-2, momentum: float = 0.9,
+                 cov_every: int = 2, inv_every: int = 10, factor_decay: float = 0.8, approx: str = "reduce",
                  fisher: str = "mc", mc_samples: int = 1, head: bool | str = "auto", embeddings: bool = False,
                  max_factor_dim: int = 2048, adamw_lr: float = 8e-3, betas=(0.9, 0.95), eps: float = 1e-8,
                  damping_boost: float = 10.0, seed: int = 0):
