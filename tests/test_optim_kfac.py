@@ -149,3 +149,25 @@ def test_bad_options_raise_infogeom_error():
         build_optimizer("ekfac", model, 0.1, 0.0, approx="sideways")
     with pytest.raises(InfogeomError):
         build_optimizer("kfac", model, 0.1, 0.0, not_an_option=1)
+
+
+@pytest.mark.parametrize("limit", [3, 2])
+def test_max_basis_dim_replaces_larger_factors_by_their_diagonal(limit):
+    """Sides wider than ``max_basis_dim`` keep only their diagonal: with W = 0 (F = G ⊗ A, G = (I − 1/V)/V,
+    A = (1/N) Σ ã ãᵀ, ã ∈ R³, V = 5) and exact damping the step solves (diag(G) ⊗ Â + λI) Δ = −X, Â = A for
+    limit 3 and diag(A) for limit 2."""
+    lam, d_in = 1e-2, 2
+    model = nn.Sequential(nn.Linear(d_in, V)).double()
+    nn.init.zeros_(model[0].weight)
+    nn.init.zeros_(model[0].bias)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(N, 1, d_in, generator=g, dtype=torch.float64), torch.randint(0, V, (N, 1), generator=g)
+    step, _ = one_step(kfac(model, damping=lam, damping_mode="exact", max_basis_dim=limit), model, x, y)
+    a = torch.cat([x.reshape(N, d_in), torch.ones(N, 1, dtype=torch.float64)], dim=1)
+    A, G = a.T @ a / N, (torch.eye(V, dtype=torch.float64) - 1 / V) / V
+    A_hat = A if limit >= 3 else torch.diag(A.diagonal())
+    K = torch.kron(torch.diag(G.diagonal()), A_hat) + lam * torch.eye(V * (d_in + 1), dtype=A.dtype)
+    X = torch.cat([model[0].weight.grad, model[0].bias.grad[:, None]], dim=1)
+    expected = -torch.linalg.solve(K, X.reshape(-1)).reshape(V, d_in + 1)
+    got = torch.cat([step[: V * d_in].reshape(V, d_in), step[V * d_in:, None]], dim=1)
+    torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-10)

@@ -292,7 +292,7 @@ class KFACCapture:
             if self.fisher == "empirical":
                 tokens = self._tokens
                 scale = (lambda: 1.0) if self.loss_reduction == "sum" else (lambda: float(tokens[0]))
-                output.register_hook(lambda g: self._accumulate_grad(state, g.detach() * scale(), tokens[0]))
+                output.register_hook(lambda g: self._accumulate_grad(state, g.detach(), tokens[0], scale()))
             else:
                 state.output = output
             return replaced
@@ -355,17 +355,20 @@ class KFACCapture:
         if state.basis is not None:
             state.cache = idx
 
-    def _accumulate_grad(self, state: _State, g: torch.Tensor, count: float) -> None:
-        """``g``: output gradient(s) of the layer, ``[K, *output.shape]`` for K batched cotangents."""
+    def _accumulate_grad(self, state: _State, g: torch.Tensor, count: float, scale: float = 1.0) -> None:
+        """``g``: output gradient(s) of the layer, ``[K, *output.shape]`` for K batched cotangents, taken times
+        ``scale`` (applied after the sequence reduction: cheaper than scaling ``g``)."""
         weight = state.info.module.weight
         linear = state.info.kind == "linear"
         d_out = weight.shape[0] if linear else weight.shape[1]
         g = g.reshape(-1, state.lead, state.seq, d_out).to(weight.dtype)  # [K, B', T', d_out]
         rows = (g.sum(dim=2) if self.approx == "reduce" and linear else g).reshape(-1, d_out)
-        self._add(state, "G", rows.T @ rows)
+        self._add(state, "G", (rows.T @ rows).mul_(scale * scale))
         state.nG += count
         if state.basis is None or state.cache is None:
             return
+        if scale != 1.0:
+            g = g * scale
         g_rot = g @ state.basis[1]
         if linear:
             per_seq = torch.einsum("kbto,bti->kboi", g_rot, state.cache)

@@ -11,7 +11,11 @@ k ≡ 0 (mod ``cov_every``) or k a power of two below ``cov_every`` (:func:`due`
 factors, all-reduces them over DDP ranks and folds them into running averages L ← d·L + (1−d)·L_new (d =
 ``factor_decay``; the first factors are taken as they are). Steps due for ``inv_every`` eigendecompose L =
 Q_L diag(e_L) Q_Lᵀ and R likewise (``eigh`` in the factors' dtype, retried in float64 on failure;
-eigenvalues clamped at 0; vector factors are their own eigenvalues). Under DDP the decompositions are spread
+eigenvalues clamped at 0; vector factors are their own eigenvalues). A matrix side wider than
+``max_basis_dim`` is kept as its diagonal (a vector factor: identity basis, no ``eigh``, no rotation), the
+cheap one-sided treatment of wide layers: on the default GPT (sides 128–513) ``max_basis_dim=256`` removes
+the d³ decompositions and d²-per-column rotations of the 384/512-wide sides, which are most of the cost.
+Under DDP the decompositions are spread
 over the ranks (greedy by d³ cost) and broadcast, so every rank holds identical bases. With ``fisher="mc"``
 the capture samples labels y ~ p_θ from a seeded generator and back-propagates them from the logits to the
 layer outputs at the end of the forward (``autograd.grad`` with ``retain_graph``, no parameter gradients):
@@ -142,7 +146,8 @@ class KroneckerCore(Optimizer):
 
     def __init__(self, model: nn.Module, modules: list[str], lr: float, weight_decay: float, damping: float,
                  approx: str, fisher: str, mc_samples: int, cov_every: int, inv_every: int,
-                 factor_decay: float, damping_boost: float, seed: int, **defaults):
+                 factor_decay: float, damping_boost: float, seed: int, max_basis_dim: int | None = None,
+                 **defaults):
         if int(cov_every) < 1 or int(inv_every) < 1:
             raise InfogeomError(f"cov_every and inv_every must be positive, got {cov_every} and {inv_every}")
         if not 0.0 <= factor_decay < 1.0:
@@ -159,7 +164,8 @@ class KroneckerCore(Optimizer):
                   {"params": [la.bias for la in self.layers if la.bias is not None], "weight_decay": 0.0}]
         super().__init__([g for g in groups if g["params"]],
                          dict(lr=lr, damping=damping, cov_every=int(cov_every), inv_every=int(inv_every),
-                              factor_decay=factor_decay, damping_boost=damping_boost, **defaults))
+                              factor_decay=factor_decay, damping_boost=damping_boost,
+                              max_basis_dim=max_basis_dim, **defaults))
         self.steps, self.damping = 0, float(damping)
         self.capture.attach()
 
@@ -190,7 +196,9 @@ class KroneckerCore(Optimizer):
     def _update_factors(self) -> bool:
         fresh = self.capture.pop()
         layers = [la for la in self.layers if la.info.name in fresh]
-        new = [t for la in layers for t in la.orient(fresh[la.info.name])]
+        limit = self.defaults["max_basis_dim"] or math.inf
+        new = [t if t.ndim == 1 or t.shape[0] <= limit else t.diagonal().clone()
+               for la in layers for t in la.orient(fresh[la.info.name])]
         if any(la.info.name not in fresh and "L" not in self.state[la.weight] for la in self.layers):
             raise InfogeomError("K-FAC: no curvature captured; run the model's forward with gradients "
                                 "enabled before optimizer.step()")
