@@ -15,12 +15,11 @@ eigenvalues clamped at 0; vector factors are their own eigenvalues). A matrix si
 ``max_basis_dim`` is kept as its diagonal (a vector factor: identity basis, no ``eigh``, no rotation), the
 cheap one-sided treatment of wide layers: on the default GPT (sides 128–513) ``max_basis_dim=256`` removes
 the d³ decompositions and d²-per-column rotations of the 384/512-wide sides, which are most of the cost.
-Under DDP the decompositions are spread
-over the ranks (greedy by d³ cost) and broadcast, so every rank holds identical bases. With ``fisher="mc"``
-the capture samples labels y ~ p_θ from a seeded generator and back-propagates them from the logits to the
-layer outputs at the end of the forward (``autograd.grad`` with ``retain_graph``, no parameter gradients):
-about half a backward, on cov steps only. ``fisher="empirical"`` reuses the training backward (free, but not
-the Fisher).
+Under DDP the decompositions are spread over the ranks (greedy by d³ cost) and broadcast, so every rank
+holds identical bases. With ``fisher="mc"`` the capture samples labels y ~ p_θ from a seeded generator and
+back-propagates them from the logits to the layer outputs at the end of the forward (``autograd.grad`` with
+``retain_graph``, no parameter gradients): about half a backward, on cov steps only. ``fisher="empirical"``
+reuses the training backward (free, but not the Fisher).
 
 Safety: a non-finite gradient, non-finite factors or a failed/non-finite decomposition skip the whole step
 (the parameters are untouched), multiply the damping by ``damping_boost`` and warn; the damping then relaxes
