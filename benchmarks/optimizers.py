@@ -91,18 +91,21 @@ class Run:
         return self.train_time / self.steps if self.steps else math.nan
 
     def to_target(self, target: float) -> tuple[float, float] | None:
-        """(steps, seconds) at which the validation curve first reaches ``target``: linear interpolation
-        between the last evaluation above it and the first at or below it (between evaluations the loss is
-        taken as linear in steps and seconds)."""
-        prev = None
-        for t, s, v in self.curve:
-            if v <= target:
-                if prev is None or prev[2] <= v:
-                    return float(s), t
-                w = (prev[2] - target) / (prev[2] - v)
-                return prev[1] + w * (s - prev[1]), prev[0] + w * (t - prev[0])
-            prev = (t, s, v)
-        return None
+        return time_to_target(self.curve, target)
+
+
+def time_to_target(curve: list[tuple[float, int, float]], target: float) -> tuple[float, float] | None:
+    """(steps, seconds) at which a (seconds, step, val loss) curve first reaches ``target``: linear
+    interpolation between the last evaluation above it and the first at or below it."""
+    prev = None
+    for t, s, v in curve:
+        if v <= target:
+            if prev is None:
+                return float(s), t
+            w = (prev[2] - target) / (prev[2] - v)
+            return prev[1] + w * (s - prev[1]), prev[0] + w * (t - prev[0])
+        prev = (t, s, v)
+    return None
 
 
 def run_one(name: str, lr: float, options: dict, args, workdir: Path) -> Run:

@@ -4,7 +4,7 @@ Every configuration builds its own :class:`infogeom.train.trainer.Trainer` (defa
 so identical batches); the runs then take one training step each in turn, so machine-speed drift hits them
 alike. Reported per configuration: seconds per step (and × the first configuration's), seconds per step spent
 inside ``optimizer.step()``, the validation loss at the evaluation steps, and steps/seconds to ``--target``
-(linear interpolation between evaluations; evaluation time excluded).
+(linear interpolation between evaluations; evaluation time excluded). Curves are (seconds, step, loss).
 
     python benchmarks/optimizers_lockstep.py --steps 450 --eval-every 25 --target 1.8501 \\
         adamw:8e-3 muon:8e-3 ekfac:5e-3 ekfac:1e-2:max_basis_dim=256
@@ -24,14 +24,10 @@ import warnings
 from pathlib import Path
 
 import torch
+from optimizers import time_to_target  # benchmarks/optimizers.py (also registers the SOAP baseline)
 
 from infogeom.train import TrainConfig
 from infogeom.train.trainer import Trainer
-
-try:  # registers the SOAP baseline when heavyball is installed
-    import optimizers  # noqa: F401  (benchmarks/optimizers.py, run from this folder)
-except ImportError:
-    pass
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -43,18 +39,6 @@ def parse(spec: str) -> tuple[str, float, dict]:
         key, value = item.split("=", 1)
         options[key] = ast.literal_eval(value)
     return name, float(lr), options
-
-
-def crossing(curve: list[tuple[int, float, float]], target: float) -> tuple[float, float] | None:
-    """(steps, seconds) where the (step, seconds, loss) curve first reaches ``target``, interpolated."""
-    for i, (step, sec, loss) in enumerate(curve):
-        if loss <= target:
-            if i == 0:
-                return float(step), sec
-            s0, t0, l0 = curve[i - 1]
-            w = (l0 - target) / (l0 - loss)
-            return s0 + w * (step - s0), t0 + w * (sec - t0)
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 run["total"] += time.perf_counter() - start
                 if step % args.eval_every == 0:
                     loss = run["trainer"].evaluate()["val_loss"]
-                    run["curve"].append((step, run["total"], loss))
+                    run["curve"].append((run["total"], step, loss))
         for run in runs:
             run.pop("trainer").close()
     base = runs[0]["total"]
@@ -104,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'best val':>8s}")
     rows = []
     for run in runs:
-        hit = crossing(run["curve"], args.target)
+        hit = time_to_target(run["curve"], args.target)
         row = {"config": run["config"], "sec_per_step": run["total"] / args.steps, "cost": run["total"] / base,
                "opt_ms_per_step": 1e3 * run["opt"] / args.steps, "steps_to_target": hit and hit[0],
                "seconds_to_target": hit and hit[1], "best_val": min(v for _, _, v in run["curve"]),

@@ -62,8 +62,8 @@ class EKFAC(KroneckerOptimizer):
                  eps: float = 1e-8, nesterov: bool = True, cov_every: int = 2, inv_every: int = 10,
                  factor_decay: float = 0.8, approx: str = "reduce", fisher: str = "empirical", mc_samples: int = 1,
                  head: bool | str = "auto", embeddings: bool = False, max_factor_dim: int = 2048,
-                 max_basis_dim: int | None = None,
-                 adamw_lr: float | None = None, damping_boost: float = 10.0, seed: int = 0):
+                 max_basis_dim: int | None = None, adamw_lr: float | None = None, damping_boost: float = 10.0,
+                 seed: int = 0):
         modules = select_layers(model, head, embeddings, max_factor_dim)
         core = EKFACCore(model, modules, lr, weight_decay, eps, approx, fisher, mc_samples, cov_every,
                          inv_every, factor_decay, damping_boost, seed, betas=tuple(betas),

@@ -101,9 +101,8 @@ class KFAC(KroneckerOptimizer):
                  damping_mode: str = "pi", kl_clip: float | None = 1e-2, momentum: float = 0.9,
                  cov_every: int = 2, inv_every: int = 10, factor_decay: float = 0.8, approx: str = "reduce",
                  fisher: str = "mc", mc_samples: int = 1, head: bool | str = "auto", embeddings: bool = False,
-                 max_factor_dim: int = 2048,
-                 max_basis_dim: int | None = None, adamw_lr: float = 8e-3, betas=(0.9, 0.95), eps: float = 1e-8,
-                 damping_boost: float = 10.0, seed: int = 0):
+                 max_factor_dim: int = 2048, max_basis_dim: int | None = None, adamw_lr: float = 8e-3,
+                 betas=(0.9, 0.95), eps: float = 1e-8, damping_boost: float = 10.0, seed: int = 0):
         if damping_mode not in DAMPING_MODES:
             raise InfogeomError(f"unknown damping_mode {damping_mode!r}; "
                                 f"choose one of {', '.join(DAMPING_MODES)}")
