@@ -22,6 +22,7 @@ import importlib
 import json
 import math
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -32,10 +33,12 @@ from matplotlib.figure import Figure
 
 from infogeom.curvature import broaden, eigsh, hutchinson, js_distance, power_iteration, spectral_density
 from infogeom.curvature.density import default_grid, default_sigma
-from infogeom.curvature.pyhessian_compat import pyhessian_session
 from infogeom.data import prepare_data
 from infogeom.geometry import HessianOperator
 from infogeom.models import GPT, GPTConfig, lm_loss
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the peer adapters live with the tests
+from peers.pyhessian_compat import pyhessian_session  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from infogeom.errors import InfogeomError
 from infogeom.optim import register_optimizer
-from infogeom.optim.registry import decay_groups
+from infogeom.optim.params import adamw_groups
 from infogeom.train import TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results"
@@ -70,7 +70,7 @@ def _soap(model: nn.Module, lr: float, weight_decay: float, **options):
     except ImportError as exc:
         raise InfogeomError("the SOAP baseline needs heavyball: pip install heavyball") from exc
     heavyball.utils.compile_mode = None
-    return heavyball.SOAP(decay_groups(model, weight_decay), lr=lr, weight_decay=weight_decay, **options)
+    return heavyball.SOAP(adamw_groups(model, (), weight_decay), lr=lr, weight_decay=weight_decay, **options)
 
 
 @dataclass

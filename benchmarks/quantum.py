@@ -23,6 +23,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -31,7 +32,9 @@ import numpy as np
 import torch
 
 from infogeom.quantum import fubini_study_metric, hardware_efficient
-from infogeom.quantum.interop import pennylane_qnode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the peer adapters live with the tests
+from peers.pennylane_interop import pennylane_qnode  # noqa: E402
 
 SIZES = [(4, 2), (6, 3), (8, 4), (10, 5)]
 METHODS = ("adjoint", "hadamard", "block-diag")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import random_batch, tiny_gpt
+from peers.pyhessian_compat import pyhessian_session
 from test_hessian_operator import dense_hessian
 
 from infogeom.curvature import eigsh, hutchinson, spectral_density
-from infogeom.curvature.pyhessian_compat import pyhessian_session
 from infogeom.geometry import HessianOperator
 
 

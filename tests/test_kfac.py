@@ -186,7 +186,7 @@ def test_ekfac_is_the_frobenius_projection_and_beats_kfac_on_one_layer():
     ekfac = EKFACOperator(model, (x, y), fisher="exact")
     blk = kfac.blocks[0]
     # basis of the joint [W | b] block in the flat (weight, bias) layout
-    Q = torch.kron(blk.QG, blk.QA)
+    Q = torch.kron(blk.QL, blk.QR)  # linear layer: L = G, R = A
     d_in = 4
     rows, cols = torch.meshgrid(torch.arange(6), torch.arange(d_in + 1), indexing="ij")
     idx = torch.where(cols < d_in, rows * d_in + cols, 6 * d_in + rows).reshape(-1)

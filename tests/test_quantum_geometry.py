@@ -7,6 +7,7 @@ import numpy as np
 import pennylane as qml
 import pytest
 import torch
+from peers.pennylane_interop import pennylane_qnode
 from pennylane import numpy as pnp
 from test_quantum_simulator import every_gate_circuit
 from torch.func import grad, jacfwd, jacrev
@@ -28,7 +29,6 @@ from infogeom.quantum import (
     quantum_fisher_information,
     quantum_geometric_tensor,
 )
-from infogeom.quantum.interop import pennylane_qnode
 
 TOL = 1e-6  # the tolerance (observed agreement ~1e-15)
 

@@ -5,21 +5,15 @@ import pennylane as qml
 import pytest
 import torch
 from conftest import random_batch, tiny_gpt
+from peers.pennylane_interop import pennylane_qnode
 from torch.func import grad, jacrev
 
 from infogeom.errors import InfogeomError
 from infogeom.geometry import CurvatureOperator
+from infogeom.geometry.born import BornMetricOperator, born_head_geometry, compare_born_geometry, head_inputs
 from infogeom.models import lm_loss
-from infogeom.models.born_head import (
-    BornHead,
-    BornMetricOperator,
-    born_head_geometry,
-    compare_born_geometry,
-    head_inputs,
-    use_born_head,
-)
+from infogeom.models.born_head import BornHead, use_born_head
 from infogeom.models.quantum_layer import QuantumLayer, add_quantum_layers
-from infogeom.quantum.interop import pennylane_qnode
 
 
 def test_quantum_layer_matches_pennylane_and_finite_differences():

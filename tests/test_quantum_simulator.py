@@ -6,6 +6,7 @@ import numpy as np
 import pennylane as qml
 import pytest
 import torch
+from peers.pennylane_interop import pennylane_observable, pennylane_qnode
 from pennylane import numpy as pnp
 
 from infogeom.errors import InfogeomError
@@ -21,7 +22,6 @@ from infogeom.quantum import (
     sample,
 )
 from infogeom.quantum.gates import gate_matrix
-from infogeom.quantum.interop import pennylane_observable, pennylane_qnode
 
 TOL = 1e-10
 

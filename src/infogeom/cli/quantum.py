@@ -10,7 +10,7 @@ from ..errors import InfogeomError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..quantum.ablation import ARMS, TASKS, AblationConfig
+    from ..study.ablation import ARMS, TASKS, AblationConfig
 
     d = AblationConfig()
     p.add_argument("--task", choices=TASKS, default=d.task,
@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..quantum.ablation import AblationConfig, format_summary, plot_curves, run_ablation
+    from ..study.ablation import AblationConfig, format_summary, plot_curves, run_ablation
 
     if args.threads < 1:
         raise InfogeomError("--threads must be a positive integer")

@@ -9,6 +9,7 @@ import sys
 import textwrap
 from dataclasses import fields
 
+from ..errors import InfogeomError
 from ..train import Trainer, dumps_toml, load_config
 from ..train.checkpoint import load_checkpoint, resolve_checkpoint, run_dir_of
 from ..train.config import FIELD_HELP, SECTIONS, TrainConfig
@@ -69,6 +70,13 @@ def register(subparsers) -> None:
     p.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue from a checkpoint file, or 'latest' in --out DIR; the run's own config is "
                    "the base, so only the settings you pass change (the model and vocabulary must not)")
+    p.add_argument("--monitor", metavar="QUANTITIES",
+                   help="measure curvature while training, comma-separated: lambda_max, hessian_trace, "
+                   "fisher_trace, noise_scale, gap, precond_sharpness (curv/* columns of metrics.jsonl)")
+    p.add_argument("--monitor-every", type=int, default=100, metavar="N",
+                   help="steps between curvature measurements (100)")
+    p.add_argument("--monitor-budget", type=float, default=0.1, metavar="F",
+                   help="largest fraction of training time the monitor may take (0.1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or evaluation lines")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
     p.set_defaults(func=run)
@@ -83,6 +91,18 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     if args.no_progress:
         out.append("progress=false")
     return out + args.set
+
+
+def _monitor(args: argparse.Namespace):
+    """The :class:`~infogeom.curvature.CurvatureMonitor` of ``--monitor`` (validated before any work)."""
+    from ..curvature import CurvatureMonitor
+
+    quantities = [q.strip() for q in args.monitor.split(",") if q.strip()]
+    if not quantities:
+        raise InfogeomError("--monitor is empty; name at least one quantity, e.g. --monitor lambda_max")
+    if args.monitor_every < 1:
+        raise InfogeomError(f"--monitor-every must be a positive integer, got {args.monitor_every}")
+    return CurvatureMonitor(every=args.monitor_every, quantities=quantities, budget=args.monitor_budget)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         print(dumps_toml(cfg), end="")
         return 0
     main = int(os.environ.get("RANK", "0")) == 0
-    trainer = Trainer(cfg, resume=resume)
+    callbacks = [_monitor(args)] if args.monitor else []
+    trainer = Trainer(cfg, resume=resume, callbacks=callbacks)
     try:
         if main:
             what = f"resuming at step {trainer.step}" if resume else "training"

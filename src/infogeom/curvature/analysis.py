@@ -165,12 +165,12 @@ def analyze(
             rows.append((f"ASAM ε-sharpness (ρ={o.rho})", _g(asam.value), "adaptive |w|-scaled ball"))
             if optimizer is not None:
                 try:
-                    info = optimizer_sharpness(H, optimizer, model, tol=o.tol, generator=gen)
+                    info = optimizer_sharpness(H, optimizer, model, tol=o.tol, generator=gen, batch=batch)
                 except InfogeomError as exc:
                     rows.append(("preconditioned sharpness", "n/a", str(exc)))
                 else:
                     result["optimizer"] = info
-                    label = "λ_max(P⁻¹H)" if info["kind"] == "adam" else "λ_max(H)"
+                    label = "λ_max(H)" if info["kind"] == "sgd" and len(info["parts"]) == 1 else "λ_max(P⁻¹H)"
                     detail = (
                         f"EoS threshold {_g(info['threshold'])} (ratio {info['ratio']:.3f}); "
                         f"2/η = {_g(info['gd_threshold'])}"

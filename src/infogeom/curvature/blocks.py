@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import InfogeomError
-from ..geometry.operator import CurvatureOperator, rademacher
+from ..operators import CurvatureOperator, rademacher
 from .density import broaden, default_grid, default_sigma
 from .lanczos import lanczos_quadrature
 

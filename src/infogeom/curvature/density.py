@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InfogeomError
-from ..geometry.operator import CurvatureOperator, rademacher
+from ..operators import CurvatureOperator, rademacher
 from .lanczos import lanczos_quadrature
 
 

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InfogeomError
-from ..geometry.operator import CurvatureOperator
+from ..operators import CurvatureOperator
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
 WHICH = ("LA", "SA", "LM")

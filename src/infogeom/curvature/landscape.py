@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InfogeomError
 from ..geometry.functional import Batch
-from ..geometry.operator import flatten, unflatten
+from ..operators import flatten, unflatten
 from .params import FlatLoss, FlatModel
 
 ONE_DIM_MODES = ("zero", "keep", "filter")

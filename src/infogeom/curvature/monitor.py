@@ -10,8 +10,9 @@ under ``curv/<name>`` (so they land in metrics.jsonl and TensorBoard):
 - ``fisher_trace``: Hutchinson trace of the exact Fisher (= GGN for softmax cross-entropy) and its SE;
 - ``noise_scale``: ``b_simple`` and ``b_noise`` from per-sequence gradients of the probe batch;
 - ``gap``: validation loss − training loss on the two probe batches (and both losses);
-- ``precond_sharpness``: the optimizer's λ_max(P⁻¹H) (Adam-type) or λ_max(H), its ``eos_threshold`` and
-  ``eos_ratio`` = sharpness / threshold (≈ 1 at the edge of stability).
+- ``precond_sharpness``: the optimizer's own λ_max(P⁻¹H) (P = ``optimizer.preconditioner()``, any registered
+  optimizer or torch's own; λ_max(H) for plain SGD), its ``eos_threshold`` and ``eos_ratio`` = sharpness /
+  threshold (≈ 1 at the edge of stability).
 
 Time budget: the trainer's ``train_time`` includes callback time, so the monitor's overhead is ``spent /
 (train_time − spent)``. A due measurement is skipped when spent + (duration of the previous measurement)
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 from ..errors import InfogeomError
 from ..geometry import FisherOperator, HessianOperator
 from ..models.gpt import lm_loss
+from ..operators import suspend_captures
 from ..train.callbacks import Callback
 from .lanczos import eigsh
 from .noise import gradient_noise_scale
@@ -142,7 +144,12 @@ class CurvatureMonitor(Callback):
         }
 
     def measure(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
-        """The configured quantities on the probe batches (plain floats)."""
+        """The configured quantities on the probe batches (plain floats). Live captures are suspended, so the
+        optimizer's hooks, factors and random generator never see the probe batches."""
+        with suspend_captures():
+            return self._measure(model, optimizer)
+
+    def _measure(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
         q, out = set(self.quantities), {}
         gen = torch.Generator().manual_seed(self.seed + 1)
         batch = self.train_batch

@@ -27,7 +27,7 @@ import torch.nn as nn
 from ..errors import InfogeomError
 from ..geometry import HessianOperator, per_example_gradients
 from ..geometry.functional import Batch
-from ..geometry.operator import CurvatureOperator
+from ..operators import CurvatureOperator
 
 ESTIMATOR = "per-example gradients, unbiased |G|^2 and tr(Sigma) from one batch"
 

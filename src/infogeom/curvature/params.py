@@ -10,8 +10,8 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from ..geometry.functional import Batch, select_parameters
-from ..geometry.operator import flatten, unflatten
 from ..models.gpt import lm_loss
+from ..operators import flatten, suspend_captures, unflatten
 
 FlatLoss = Callable[[torch.Tensor], torch.Tensor]
 
@@ -40,7 +40,8 @@ class FlatModel:
         was_training = self.model.training
         self.model.eval()
         try:
-            return self.loss_fn(functional_call(self.model, self.params(theta), (x,), strict=False), y)
+            with suspend_captures():  # an optimizer's hooks must not see these evaluations
+                return self.loss_fn(functional_call(self.model, self.params(theta), (x,), strict=False), y)
         finally:
             self.model.train(was_training)
 

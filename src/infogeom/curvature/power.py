@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InfogeomError
-from ..geometry.operator import CurvatureOperator
+from ..operators import CurvatureOperator
 from .lanczos import EigenResult
 
 

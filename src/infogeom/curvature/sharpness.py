@@ -10,11 +10,12 @@ edge-of-stability threshold.
   δI)v — loss curvature per unit squared Fisher–Rao length (½vᵀFv ≈ KL between the model's predictions at θ
   and θ + v). Under a reparameterization θ = φ(ψ) with Jacobian J, F ↦ JᵀFJ and, at a critical point, H ↦
   JᵀHJ, so λ_FR is invariant as δ → 0 (δ > 0 is needed where F is singular).
-- Preconditioned sharpness (Cohen et al. 2022): λ_max(P⁻¹H) for an optimizer stepping θ ← θ − η P⁻¹ m. For
-  Adam/AdamW, P = (1 − β1ᵗ) diag(√v̂ + ε), v̂ = v/(1 − β2ᵗ) (``exp_avg_sq``, step t), and the stability
-  threshold is (2 + 2β1)/((1 − β1) η) (38/η at β1 = 0.9); for SGD, P = I and the threshold is 2/η, or (2 +
-  2β)/η with heavy-ball momentum β, (2 + 2β)/((1 + 2β) η) with Nesterov (Cohen et al. 2021). Any operator
-  with ``solve`` (diagonal, K-FAC, Fisher) can serve as P.
+- Preconditioned sharpness (Cohen et al. 2022): λ_max(P⁻¹H) for an optimizer stepping θ ← θ − η P⁻¹ d, with
+  P the optimizer's own metric (``optimizer.preconditioner()``, :mod:`infogeom.optim.preconditioner`: Adam's
+  (1 − β1ᵗ) diag(√v̂ + ε), SGD's I, K-FAC's damped factors, EK-FAC's eigenbasis second moment, Muon's polar
+  metric, NGCG's damped Fisher, QNG's damped metric) and its edge-of-stability threshold c/η (c = 2 + 2β for
+  heavy ball, (2 + 2β1)/(1 − β1) = 38 for Adam at β1 = 0.9, derivations there). Any operator with ``solve``
+  can serve as P.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ import torch.nn as nn
 
 from ..errors import InfogeomError
 from ..geometry.functional import Batch
-from ..geometry.operator import CurvatureOperator
-from .lanczos import EigenResult, eigsh, generalized_eigsh
-from .operators import DiagonalOperator
+from ..operators import CurvatureOperator, DiagonalOperator
+from ..optim.preconditioner import leading_stability, preconditioner, stability_operator
+from .lanczos import EigenResult, generalized_eigsh
 from .params import FlatLoss, FlatModel, value_and_grad
 
 
@@ -137,56 +138,26 @@ def preconditioned_sharpness(
     return generalized_eigsh(hessian, preconditioner, k=k, tol=tol, generator=generator, **kwargs)
 
 
-def _optimizer_params(
-    optimizer: torch.optim.Optimizer, model: nn.Module, names: Sequence[str]
-) -> list[tuple[torch.Tensor, dict]]:
-    params = dict(model.named_parameters())
-    groups = {id(p): group for group in optimizer.param_groups for p in group["params"]}
-    out = []
-    for n in names:
-        if n not in params or id(params[n]) not in groups:
-            raise InfogeomError(f"parameter {n!r} is not optimized by this optimizer")
-        out.append((params[n], groups[id(params[n])]))
-    return out
-
-
 def adam_preconditioner(
     optimizer: torch.optim.Optimizer, model: nn.Module, names: Sequence[str], dtype: torch.dtype | None = None
-) -> DiagonalOperator:
-    """P = (1 − β1ᵗ)(√(v/(1 − β2ᵗ)) + ε) from an Adam/AdamW state (``exp_avg_sq``, or ``max_exp_avg_sq``
-    with amsgrad) for the parameters ``names`` (flat, in that order) — the P of θ ← θ − η P⁻¹ m."""
-    diags = []
-    pairs = _optimizer_params(optimizer, model, names)
-    for p, group in pairs:
-        state = optimizer.state.get(p, {})
-        if "exp_avg_sq" not in state:
-            raise InfogeomError(
-                "optimizer has no Adam state (exp_avg_sq) yet; take a step first, or use an Adam-type "
-                "optimizer"
-            )
-        beta1, beta2 = group["betas"]
-        t = float(state["step"])
-        v = state.get("max_exp_avg_sq", state["exp_avg_sq"]) if group.get("amsgrad") else state["exp_avg_sq"]
-        diags.append(((1 - beta1**t) * ((v / (1 - beta2**t)).sqrt() + group["eps"])).reshape(-1))
-    d = torch.cat(diags)
-    return DiagonalOperator(d.to(dtype) if dtype is not None else d, names, [p.shape for p, _ in pairs])
+) -> CurvatureOperator:
+    """P = (1 − β1ᵗ)(√(v/(1 − β2ᵗ)) + ε) of an Adam/AdamW state for the parameters ``names`` (flat, in that
+    order) — the P of θ ← θ − η P⁻¹ m (:func:`infogeom.optim.preconditioner`)."""
+    if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        raise InfogeomError(f"not an Adam-type optimizer: {type(optimizer).__name__}")
+    P = preconditioner(optimizer, model, names)
+    return DiagonalOperator(P.diagonal().to(dtype or P.dtype), P.names, P.shapes)
 
 
 def eos_threshold(optimizer: torch.optim.Optimizer) -> dict:
-    """The edge-of-stability threshold of ``optimizer``'s first parameter group: ``{'kind', 'lr',
-    'threshold', 'gd_threshold'}`` (kind 'adam' uses λ_max(P⁻¹H); 'sgd'/'gd' use λ_max(H)); infinite when lr
-    = 0."""
-    group = optimizer.param_groups[0]
-    lr = float(group["lr"])
-    if "betas" in group:
-        beta1 = float(group["betas"][0])
-        kind, factor = "adam", (2 + 2 * beta1) / (1 - beta1)
-    else:
-        beta = float(group.get("momentum", 0.0) or 0.0)
-        kind, factor = "sgd", (2 + 2 * beta) / (1 + 2 * beta) if group.get("nesterov") else 2 + 2 * beta
+    """The edge-of-stability threshold c/η of the first part of ``optimizer``'s step (c from its momentum form,
+    :mod:`infogeom.optim.preconditioner`): ``{'kind', 'lr', 'factor', 'threshold', 'gd_threshold'}``; infinite
+    when lr = 0. Needs no optimizer state."""
+    factor, kind, lr = leading_stability(optimizer)
     return {
         "kind": kind,
         "lr": lr,
+        "factor": factor,
         "threshold": factor / lr if lr > 0 else math.inf,
         "gd_threshold": 2 / lr if lr > 0 else math.inf,
     }
@@ -198,15 +169,23 @@ def optimizer_sharpness(
     model: nn.Module,
     tol: float = 1e-3,
     generator: torch.Generator | None = None,
+    batch: Batch | None = None,
     **kwargs,
 ) -> dict:
-    """λ_max of the optimizer's own preconditioned Hessian next to its stability threshold: Adam-type states
-    give λ_max(P⁻¹H) with P from :func:`adam_preconditioner`; other optimizers λ_max(H) (P = I)."""
+    """The optimizer's own preconditioned sharpness next to its edge of stability.
+
+    With the optimizer's parts P_i (learning rates η_i, factors c_i; :func:`infogeom.optim.stability_operator`)
+    and S = ⊕ P_i c_i/η_i, ``ratio`` = λ_max(S⁻¹H) by the generalized eigensolver (stable iff < 1) and
+    ``sharpness`` = ratio × ``threshold`` (c₀/η₀ of the first part): for a one-part optimizer exactly λ_max(P⁻¹H)
+    (λ_max(H) for plain SGD). ``batch``: a curvature batch for optimizers whose metric is not in their state
+    (NGCG)."""
     info = eos_threshold(optimizer)
-    if info["kind"] == "adam":
-        P = adam_preconditioner(optimizer, model, hessian.names, hessian.dtype)
-        res = preconditioned_sharpness(hessian, P, tol=tol, generator=generator, **kwargs)
-    else:
-        res = eigsh(hessian, k=1, tol=tol, generator=generator, **kwargs)
-    value = float(res.values[0])
-    return {**info, "sharpness": value, "ratio": value / info["threshold"], "converged": res.converged}
+    if not math.isfinite(info["threshold"]):
+        raise InfogeomError("the learning rate is 0: there is no edge of stability")
+    S, parts = stability_operator(optimizer, model, hessian.names, batch)
+    res = preconditioned_sharpness(hessian, S, tol=tol, generator=generator, **kwargs)
+    ratio = float(res.values[0])
+    return {**info, "sharpness": ratio * info["threshold"], "ratio": ratio, "converged": res.converged,
+            "matvecs": res.matvecs,
+            "parts": [{"kind": q.kind, "lr": q.lr, "factor": q.factor, "threshold": q.threshold,
+                       "parameters": q.operator.dim} for q in parts]}

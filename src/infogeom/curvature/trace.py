@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InfogeomError
-from ..geometry.operator import CurvatureOperator, rademacher
+from ..operators import CurvatureOperator, probe_diagonal, rademacher
 
 
 @dataclass
@@ -107,14 +107,5 @@ def diagonal(
 ) -> DiagonalEstimate:
     """Hutchinson diagonal estimate diag(A) ≈ mean_i v_i ⊙ A v_i with per-entry standard errors."""
     _check(num_probes, 2)
-    total = torch.zeros(op.dim, dtype=op.dtype, device=op.device)
-    total_sq = torch.zeros_like(total)
-    for start in range(0, num_probes, chunk):
-        V = rademacher((op.dim, min(chunk, num_probes - start)), op.dtype, op.device, generator)
-        D = V * op.matmat(V)
-        total += D.sum(1)
-        total_sq += (D * D).sum(1)
-    m = int(num_probes)
-    mean = total / m
-    var = (total_sq - m * mean**2).clamp_min(0) / (m - 1)
-    return DiagonalEstimate(mean, (var / m).sqrt(), m)
+    mean, stderr = probe_diagonal(op, int(num_probes), generator, chunk)
+    return DiagonalEstimate(mean, stderr, int(num_probes))

@@ -1,5 +1,20 @@
-"""Metrics on the parameter tangent space behind one interface (:class:`CurvatureOperator`)."""
+"""Metrics of a model on the parameter tangent space: Fisher, GGN, Hessian, K-FAC, EK-FAC, per-example gradients.
 
+Every metric is a :class:`~infogeom.operators.CurvatureOperator` (the model-free operators live in
+:mod:`infogeom.operators` and are re-exported here for convenience).
+"""
+
+from ..operators import (
+    CurvatureOperator,
+    DenseOperator,
+    DiagonalOperator,
+    KroneckerOperator,
+    LowRankOperator,
+    conjugate_gradient,
+    flatten,
+    rademacher,
+    unflatten,
+)
 from .fisher import (
     FISHER_KINDS,
     FisherOperator,
@@ -11,17 +26,8 @@ from .fisher import (
 from .functional import curvature_mode, logits_function, loss_function, select_parameters
 from .hessian import HessianOperator
 from .kfac import KFACCapture, LayerFactors, LayerInfo, ekfac_factors, kfac_factors
-from .operator import CurvatureOperator, DenseOperator, conjugate_gradient, flatten, rademacher, unflatten
 from .report import approximation_report, format_report
-from .structured import (
-    DiagonalOperator,
-    EKFACOperator,
-    KFACOperator,
-    KroneckerOperator,
-    LowRankOperator,
-    diagonal_approximation,
-    low_rank_approximation,
-)
+from .structured import EKFACOperator, KFACOperator, diagonal_approximation, low_rank_approximation
 
 __all__ = [
     "CurvatureOperator", "DenseOperator", "DiagonalOperator", "EKFACOperator", "FISHER_KINDS",

@@ -32,8 +32,8 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from ..errors import InfogeomError
 from ..models.gpt import lm_loss
+from ..operators import CurvatureOperator
 from .functional import Batch, curvature_mode, logits_function, select_parameters
-from .operator import CurvatureOperator
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 FISHER_KINDS = ("exact", "mc", "empirical")

@@ -15,6 +15,7 @@ from torch.func import functional_call
 
 from ..errors import InfogeomError
 from ..models.gpt import lm_loss, math_attention
+from ..operators import suspend_captures
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -32,11 +33,12 @@ def select_parameters(model: nn.Module, names: Sequence[str] | None = None) -> d
 
 @contextlib.contextmanager
 def curvature_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode (no dropout) and the math attention path, restored afterwards."""
+    """Eval mode (no dropout), the math attention path and live captures suspended
+    (:func:`~infogeom.operators.suspend_captures`), restored afterwards. Every curvature computation runs in it."""
     was_training = model.training
     model.eval()
     try:
-        with math_attention(model):
+        with math_attention(model), suspend_captures():
             yield model
     finally:
         model.train(was_training)

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 from ..models.gpt import lm_loss
+from ..operators import CurvatureOperator, flatten, unflatten
 from .functional import Batch, curvature_mode, loss_function, select_parameters
-from .operator import CurvatureOperator, flatten, unflatten
 
 
 class HessianOperator(CurvatureOperator):

@@ -50,8 +50,9 @@ corrected eigenvalues. Cost per layer: batched matmuls [B, d_out, T] @ [B, T, d_
 API
 ---
 ``KFACCapture(model, approx="expand", fisher="empirical", mc_samples=1, generator=None,
-loss_reduction="mean", modules=None)``: a persistent capture; ``attach()`` / ``detach()`` (or
-``with capture:``) install and remove the hooks. While attached and ``capture.enabled``, every forward run
+loss_reduction="mean", modules=None, live=False)``: a persistent capture; ``attach()`` / ``detach()`` (or
+``with capture:``) install and remove the hooks; ``live=True`` (an optimizer's capture) keeps it silent inside
+curvature computations (:mod:`infogeom.operators.hooks`). While attached and ``capture.enabled``, every forward run
 with gradients enabled accumulates A; G is accumulated
 
 - from the caller's backward (``fisher="empirical"``; ``loss_reduction="mean"``: the back-propagated loss
@@ -86,6 +87,7 @@ import torch.nn as nn
 
 from ..errors import InfogeomError
 from ..models.gpt import lm_loss
+from ..operators import capture_active
 from .fisher import sample_labels
 from .functional import Batch, curvature_mode
 
@@ -117,6 +119,11 @@ class LayerFactors:
     G: torch.Tensor
     moments: torch.Tensor | None = None
     eigenbasis: tuple[torch.Tensor, torch.Tensor] | None = None  # (QA, QG) the moments refer to
+
+    def oriented(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(L, R)`` with F X ≈ L X R on the layer's gradient matrix X: ``(G, A)`` for a linear layer
+        (X = [∇W | ∇b]), ``(diag A, G)`` for an embedding (X = ∇E; L a vector)."""
+        return (self.G, self.A) if self.info.kind == "linear" else (self.A, self.G)
 
 
 @dataclass
@@ -194,7 +201,7 @@ class KFACCapture:
 
     def __init__(self, model: nn.Module, approx: str = "expand", fisher: str | OutputSource = "empirical",
                  mc_samples: int = 1, generator: torch.Generator | None = None, loss_reduction: str = "mean",
-                 modules: Sequence[str] | None = None):
+                 modules: Sequence[str] | None = None, live: bool = False):
         if approx not in APPROXIMATIONS:
             raise InfogeomError(f"unknown K-FAC approximation {approx!r}; choose one of "
                                 f"{', '.join(APPROXIMATIONS)}")
@@ -209,7 +216,7 @@ class KFACCapture:
         self.mc_samples, self.generator, self.loss_reduction = int(mc_samples), generator, loss_reduction
         self.layers = find_layers(model, modules)
         self._states = {info.name: _State(info) for info in self.layers}
-        self.enabled = True
+        self.enabled, self.live = True, live
         self._handles: list = []
         self._active = False
         self._tokens = [0]
@@ -271,7 +278,7 @@ class KFACCapture:
 
     # ---- hooks ------------------------------------------------------------------
     def _begin(self, module: nn.Module, args: tuple) -> None:
-        self._active = self.enabled and torch.is_grad_enabled()
+        self._active = self.enabled and torch.is_grad_enabled() and capture_active(self.live)
         self._tokens = [0]  # filled at the end of this forward: number of output positions (tokens)
         x = args[0] if args else None
         self._batch = int(x.shape[0]) if isinstance(x, torch.Tensor) and x.ndim > 1 else 1

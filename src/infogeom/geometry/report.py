@@ -22,17 +22,11 @@ import torch
 import torch.nn as nn
 
 from ..errors import InfogeomError
+from ..operators import CurvatureOperator, DenseOperator, DiagonalOperator, LowRankOperator
 from .fisher import FisherOperator
 from .functional import Batch, select_parameters
 from .kfac import ekfac_factors, find_layers
-from .operator import CurvatureOperator, DenseOperator
-from .structured import (
-    DiagonalOperator,
-    EKFACOperator,
-    KFACOperator,
-    LowRankOperator,
-    diagonal_approximation,
-)
+from .structured import EKFACOperator, KFACOperator, diagonal_approximation
 
 
 def _block_diagonal(F: torch.Tensor, op: KFACOperator) -> torch.Tensor:
@@ -44,8 +38,7 @@ def _block_diagonal(F: torch.Tensor, op: KFACOperator) -> torch.Tensor:
         pos += sizes[n]
     out = torch.zeros_like(F)
     for b in op.blocks:
-        idx = torch.cat([torch.arange(starts[n], starts[n] + sizes[n])
-                         for n in (b.factors.info.weight, b.factors.info.bias) if n is not None])
+        idx = torch.cat([torch.arange(starts[n], starts[n] + sizes[n]) for n in b.names])
         out[idx[:, None], idx] = F[idx[:, None], idx]
     return out
 

@@ -9,8 +9,12 @@
 - :class:`EKFACOperator`: the same eigenbasis with the eigenvalues replaced by the re-estimated
   per-coordinate second moments S_ij of the per-sequence gradients (George et al. 2018); solve divides by
   S_ij + λ.
-- :class:`DiagonalOperator` (e.g. the exact Fisher diagonal) and :class:`LowRankOperator` U diag(μ) Uᵀ
-  (top-k eigenpairs; Woodbury solve (b − U diag(μ/(μ+λ)) Uᵀ b)/λ).
+- :func:`diagonal_approximation` (the exact diagonal as a :class:`~infogeom.operators.DiagonalOperator`) and
+  :func:`low_rank_approximation` (top-k eigenpairs as a :class:`~infogeom.operators.LowRankOperator`).
+
+Both K-FAC classes are :class:`~infogeom.operators.KroneckerOperator` s (the eigen form shared with the
+Kronecker optimizers' preconditioners): a linear layer's block has L = G, R = A; an embedding's L = diag(A)
+(identity basis), R = G.
 
 K-FAC/EK-FAC cover only the parameters of Linear/Embedding layers (``op.names``; LayerNorm gains and biases
 are not covered); a matvec costs two small matmuls per layer, O(Σ d_out d_in (d_out + d_in)).
@@ -18,127 +22,50 @@ are not covered); a matvec costs two small matmuls per layer, O(Σ d_out d_in (d
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from ..errors import InfogeomError
+from ..operators import (
+    CurvatureOperator,
+    DenseOperator,
+    DiagonalOperator,
+    KroneckerBlock,
+    KroneckerOperator,
+    LowRankOperator,
+)
 from .functional import Batch
-from .kfac import LayerFactors, eigenbasis, ekfac_factors, kfac_factors
-from .operator import CurvatureOperator, DenseOperator, flatten, unflatten
+from .kfac import LayerFactors, ekfac_factors, kfac_factors
 
 
-@dataclass
-class EigenBlock:
-    """One layer in eigen form: weight-shaped ``grid`` of eigenvalues in the basis ``QG`` ⊗ ``QA`` (``QA``
-    None for an embedding, whose A is diagonal with values ``ea``); ``ea``/``eg``: the factor eigenvalues."""
-
-    factors: LayerFactors
-    QA: torch.Tensor | None
-    QG: torch.Tensor
-    grid: torch.Tensor
-    ea: torch.Tensor
-    eg: torch.Tensor
-
-    @property
-    def linear(self) -> bool:
-        return self.factors.info.kind == "linear"
-
-    def rotate(self, M: torch.Tensor, back: bool = False) -> torch.Tensor:
-        """``Q_Gᵀ M Q_A`` (``back``: ``Q_G M Q_Aᵀ``) for ``M [k, d_out, d_in']`` (embedding:
-        ``M [k, num, dim]``,
-        ``M Q_G`` / ``M Q_Gᵀ``); batched matmuls."""
-        if not self.linear:
-            return M @ (self.QG.T if back else self.QG)
-        if back:
-            return self.QG @ M @ self.QA.T
-        return self.QG.T @ M @ self.QA
-
-    def pi_grid(self, damping: float) -> torch.Tensor:
-        """(α + π√λ)(γ + √λ/π) on the eigenvalue grid (π from the factor traces)."""
-        ta, tg = self.ea.clamp_min(0).mean(), self.eg.clamp_min(0).mean()
-        pi = torch.sqrt(ta / tg) if ta > 0 and tg > 0 else torch.ones((), dtype=self.ea.dtype)
-        s = math.sqrt(damping)
-        a, g = self.ea + pi * s, self.eg + s / pi
-        return torch.outer(g, a) if self.linear else torch.outer(a, g)
+def _layout(model: nn.Module, factors: Sequence[LayerFactors]) -> tuple[list[str], list[torch.Size]]:
+    owned = {n for f in factors for n in (f.info.weight, f.info.bias) if n is not None}
+    params = [(n, p) for n, p in model.named_parameters() if n in owned]
+    return [n for n, _ in params], [p.shape for _, p in params]
 
 
-class KroneckerOperator(CurvatureOperator):
-    """Block-diagonal operator with one :class:`EigenBlock` per layer (base of K-FAC and EK-FAC)."""
-
-    def _setup(self, model: nn.Module, blocks: list[EigenBlock]) -> None:
-        owned = set()
-        for b in blocks:
-            owned.update(n for n in (b.factors.info.weight, b.factors.info.bias) if n is not None)
-        params = [(n, p) for n, p in model.named_parameters() if n in owned]
-        self.names = [n for n, _ in params]
-        self.shapes = [p.shape for _, p in params]
-        self.dtype, self.device = params[0][1].dtype, params[0][1].device
-        self.blocks = blocks
-
-    def _apply(self, V: torch.Tensor, scale: Callable[[EigenBlock], torch.Tensor]) -> torch.Tensor:
-        """Per layer: rotate into the eigenbasis, scale by ``scale(block)`` (weight-shaped), rotate back."""
-        k = V.shape[1]
-        parts = {n: t.movedim(-1, 0) for n, t in zip(self.names, unflatten(V, self.shapes))}  # [k, *shape]
-        out = {}
-        for b in self.blocks:
-            info = b.factors.info
-            M = parts[info.weight]
-            if info.bias is not None:
-                M = torch.cat([M, parts[info.bias][..., None]], dim=-1)
-            R = b.rotate(b.rotate(M) * scale(b), back=True)
-            if info.bias is not None:
-                out[info.bias] = R[..., -1]
-                R = R[..., :-1]
-            out[info.weight] = R
-        return torch.cat([out[n].reshape(k, -1) for n in self.names], dim=1).T
-
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        return self._apply(V, lambda b: b.grid)
-
-    def diagonal(self, num_probes: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Exact diagonal from the eigen form, (Q_G∘Q_G) grid (Q_A∘Q_A)ᵀ per layer (no probes needed)."""
-        out = {}
-        for b in self.blocks:
-            info = b.factors.info
-            if b.linear:
-                d = b.QG.square() @ b.grid @ b.QA.square().T
-            else:
-                d = b.grid @ b.QG.square().T
-            if info.bias is not None:
-                out[info.bias] = d[:, -1]
-                d = d[:, :-1]
-            out[info.weight] = d
-        return flatten([out[n] for n in self.names])
-
-    def trace(self) -> torch.Tensor:
-        return sum(b.grid.sum() for b in self.blocks)
-
-    def solve(self, b: torch.Tensor | Sequence[torch.Tensor], damping: float = 0.0, tol: float = 1e-6,
-              maxiter: int | None = None, pi_correction: bool = False):
-        """Exact ``(A + λI)^{-1} b`` in the eigenbasis (``tol``/``maxiter`` unused). ``pi_correction`` (K-FAC
-        only): invert the π-corrected split instead (module docstring)."""
-        if not isinstance(b, torch.Tensor):
-            return unflatten(self.solve(flatten(b), damping, pi_correction=pi_correction), self.shapes)
-        if pi_correction:
-            if not isinstance(self, KFACOperator) or damping <= 0:
-                raise InfogeomError("pi_correction needs a K-FAC operator and a positive damping")
-            scale = lambda blk: 1.0 / blk.pi_grid(damping)  # noqa: E731
-        else:
-            scale = lambda blk: 1.0 / (blk.grid + damping)  # noqa: E731
-        x = b.to(self.dtype)
-        return self._apply(x[:, None], scale)[:, 0] if x.ndim == 1 else self._apply(x, scale)
+def _eig(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Eigenvalues and basis of a factor side (a vector is a diagonal side: its own eigenvalues, no basis)."""
+    return (M, None) if M.ndim == 1 else torch.linalg.eigh(M)
 
 
-def _kfac_block(f: LayerFactors) -> EigenBlock:
-    QA, QG, ea, eg = eigenbasis(f)
-    grid = torch.outer(eg, ea) if f.info.kind == "linear" else torch.outer(ea, eg)
-    return EigenBlock(f, QA, QG, grid, ea, eg)
+def kfac_block(f: LayerFactors) -> KroneckerBlock:
+    """K-FAC block L ⊗ R of a layer (:meth:`LayerFactors.oriented`): grid e_L ⊗ e_R in the factors' eigenbases."""
+    (eL, QL), (eR, QR) = (_eig(M) for M in f.oriented())
+    return KroneckerBlock(f.info.weight, f.info.bias, QL, QR, torch.outer(eL, eR), eL, eR)
+
+
+def ekfac_block(f: LayerFactors) -> KroneckerBlock:
+    """EK-FAC block: the K-FAC eigenbasis with the re-estimated second moments as its grid."""
+    if f.moments is None or f.eigenbasis is None:
+        raise InfogeomError(f"layer {f.info.name} has no EK-FAC moments (capture them with set_eigenbasis)")
+    QA, QG = f.eigenbasis
+    if f.info.kind == "linear":
+        return KroneckerBlock(f.info.weight, f.info.bias, QG, QA, f.moments)
+    return KroneckerBlock(f.info.weight, f.info.bias, None, QG, f.moments)
 
 
 class KFACOperator(KroneckerOperator):
@@ -154,12 +81,12 @@ class KFACOperator(KroneckerOperator):
                  mc_samples: int = 1, generator: torch.Generator | None = None,
                  modules: Sequence[str] | None = None):
         factors = kfac_factors(model, batch, approx, fisher, mc_samples, generator, modules)
-        self._setup(model, [_kfac_block(f) for f in factors.values()])
+        self._init([kfac_block(f) for f in factors.values()], *_layout(model, list(factors.values())))
 
     @classmethod
     def from_factors(cls, model: nn.Module, factors: dict[str, LayerFactors]) -> KFACOperator:
         op = cls.__new__(cls)
-        op._setup(model, [_kfac_block(f) for f in factors.values()])
+        op._init([kfac_block(f) for f in factors.values()], *_layout(model, list(factors.values())))
         return op
 
 
@@ -171,66 +98,13 @@ class EKFACOperator(KroneckerOperator):
                  mc_samples: int = 1, generator: torch.Generator | None = None,
                  modules: Sequence[str] | None = None):
         factors = ekfac_factors(model, batch, approx, fisher, mc_samples, generator, modules)
-        self._setup(model, [_ekfac_block(f) for f in factors.values()])
+        self._init([ekfac_block(f) for f in factors.values()], *_layout(model, list(factors.values())))
 
     @classmethod
     def from_factors(cls, model: nn.Module, factors: dict[str, LayerFactors]) -> EKFACOperator:
         op = cls.__new__(cls)
-        op._setup(model, [_ekfac_block(f) for f in factors.values()])
+        op._init([ekfac_block(f) for f in factors.values()], *_layout(model, list(factors.values())))
         return op
-
-
-def _ekfac_block(f: LayerFactors) -> EigenBlock:
-    if f.moments is None or f.eigenbasis is None:
-        raise InfogeomError(f"layer {f.info.name} has no EK-FAC moments (capture them with set_eigenbasis)")
-    QA, QG = f.eigenbasis
-    ea = f.A if QA is None else torch.linalg.eigvalsh(f.A)
-    return EigenBlock(f, QA, QG, f.moments, ea, torch.linalg.eigvalsh(f.G))
-
-
-class DiagonalOperator(CurvatureOperator):
-    """``diag(d)`` on the parameters ``names``/``shapes``; exact solve ``b / (d + λ)``."""
-
-    def __init__(self, values: torch.Tensor, names: Sequence[str], shapes: Sequence[torch.Size]):
-        self.values, self.names, self.shapes = values, list(names), list(shapes)
-        self.dtype, self.device = values.dtype, values.device
-
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        return self.values[:, None] * V
-
-    def diagonal(self, num_probes: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.values
-
-    def solve(self, b, damping: float = 0.0, tol: float = 1e-6, maxiter: int | None = None):
-        if not isinstance(b, torch.Tensor):
-            return unflatten(self.solve(flatten(b), damping), self.shapes)
-        return b.to(self.dtype) / (self.values + damping)
-
-
-class LowRankOperator(CurvatureOperator):
-    """``U diag(μ) Uᵀ`` with orthonormal ``U [P, k]``; Woodbury solve for λ > 0."""
-
-    def __init__(self, U: torch.Tensor, eigenvalues: torch.Tensor, names: Sequence[str],
-                 shapes: Sequence[torch.Size]):
-        self.U, self.eigenvalues, self.names, self.shapes = U, eigenvalues, list(names), list(shapes)
-        self.dtype, self.device = U.dtype, U.device
-
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        return self.U @ (self.eigenvalues[:, None] * (self.U.T @ V))
-
-    def diagonal(self, num_probes: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        return (self.U.square() * self.eigenvalues).sum(dim=1)
-
-    def solve(self, b, damping: float = 0.0, tol: float = 1e-6, maxiter: int | None = None):
-        if not isinstance(b, torch.Tensor):
-            return unflatten(self.solve(flatten(b), damping), self.shapes)
-        if damping <= 0:
-            raise InfogeomError("a low-rank operator is singular: solve needs a positive damping")
-        b = b.to(self.dtype)
-        shrink = self.eigenvalues / (self.eigenvalues + damping)
-        return (b - self.U @ (shrink * (self.U.T @ b))) / damping
 
 
 def diagonal_approximation(op: CurvatureOperator) -> DiagonalOperator:

@@ -4,7 +4,8 @@ A forward pre-hook on the model records the input ``x [B, T]`` of the last forwa
 grad enabled (evaluation forwards are ignored), and a tensor hook on its output records ``∂L/∂logits`` when
 the trainer's backward passes through. For the softmax cross-entropy the output gradient is ``c (p − e_y)``
 with ``c > 0`` (mean over tokens, gradient-accumulation scaling), so the observed targets are recovered
-exactly as ``argmin_v ∂L/∂z_v``: the only negative entry of each row.
+exactly as ``argmin_v ∂L/∂z_v``: the only negative entry of each row. A live capture: silent inside curvature
+computations (:mod:`infogeom.operators.hooks`); :meth:`BatchCapture.remove` removes its hooks.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import InfogeomError
+from ..operators import capture_active
 
 
 class BatchCapture:
@@ -25,11 +27,11 @@ class BatchCapture:
                          model.register_forward_hook(self._hook)]
 
     def _pre_hook(self, module: nn.Module, args) -> None:
-        if module.training and torch.is_grad_enabled():
+        if module.training and torch.is_grad_enabled() and capture_active():
             self.x, self.grad_logits = args[0].detach(), None
 
     def _hook(self, module: nn.Module, args, output: torch.Tensor) -> None:
-        if module.training and torch.is_grad_enabled() and output.requires_grad:
+        if module.training and torch.is_grad_enabled() and output.requires_grad and capture_active():
             output.register_hook(self._record)
 
     def _record(self, grad: torch.Tensor) -> None:

@@ -17,10 +17,14 @@ in our measurements fresh factors mattered more than sampled-label ones). ε pla
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
-from .kronecker import KroneckerCore, KroneckerOptimizer, from_eigenbasis, select_layers, to_eigenbasis
+from ..operators import from_eigenbasis, to_eigenbasis
+from .kronecker import KroneckerCore, KroneckerOptimizer, select_layers
+from .preconditioner import ema_factor
 from .registry import register_optimizer
+from .step import decoupled_update_
 
 
 class EKFACCore(KroneckerCore):
@@ -34,7 +38,7 @@ class EKFACCore(KroneckerCore):
     def _apply(self) -> None:
         b1, b2 = self.defaults["betas"]
         t = self.steps + 1
-        eps = self.damping
+        eps = self.step_damping
         lrs = self.lr_of()
         wds = {id(p): g["weight_decay"] for g in self.param_groups for p in g["params"]}
         for layer in self.layers:
@@ -50,9 +54,23 @@ class EKFACCore(KroneckerCore):
             step = (first / (1 - b1 ** t)).div_((v / (1 - b2 ** t)).sqrt_().add_(eps))
             lr = lrs[id(layer.weight)]
             for p, u in zip(layer.params, layer.split(from_eigenbasis(step, QL, QR))):
-                p.mul_(1 - lr * wds[id(p)]).add_(u, alpha=-lr)
+                decoupled_update_(p, u, lr, wds[id(p)])
+
+    def _grid(self, layer) -> torch.Tensor:
+        """P = Q diag((1 − β₁ᵗ)(√(v/(1 − β₂ᵗ)) + ε)) Qᵀ: the update is −η P⁻¹ m̃ (raw-space first moment)."""
+        b1, b2 = self.defaults["betas"]
+        t = self.steps
+        v = self.state[layer.weight]["exp_avg_sq"]
+        return (1 - b1 ** t) * ((v / (1 - b2 ** t)).sqrt() + self.step_damping)
+
+    def _stability(self) -> tuple[float, str]:
+        """EMA momentum β₁, with the Nesterov look-ahead by default: c = ema_factor(β₁, nesterov)."""
+        b1 = self.defaults["betas"][0]
+        nesterov = self.defaults["nesterov"]
+        return ema_factor(b1, nesterov), "ekfac-nesterov" if nesterov else "ekfac"
 
 
+@register_optimizer("ekfac")
 class EKFAC(KroneckerOptimizer):
     """Adam in the K-FAC eigenbasis on the model's Linear layers, AdamW (``adamw_lr``, default ``lr``) on
     the rest. Options as :class:`~.kfac.KFAC` (factors, schedule, layer selection); ``betas``/``eps`` are
@@ -70,7 +88,3 @@ class EKFAC(KroneckerOptimizer):
                          nesterov=bool(nesterov), max_basis_dim=max_basis_dim)
         super().__init__(model, core, lr if adamw_lr is None else adamw_lr, weight_decay, betas, eps)
 
-
-@register_optimizer("ekfac")
-def _ekfac(model: nn.Module, lr: float, weight_decay: float, **options) -> EKFAC:
-    return EKFAC(model, lr=lr, weight_decay=weight_decay, **options)

@@ -16,9 +16,13 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from .preconditioner import Preconditioned, PreconditionerPart, preconditioner_parts
+from .step import closure_loss
 
-class HybridOptimizer(Optimizer):
-    """Steps each part in order; ``param_groups``/``state`` are shared with the parts (see module doc)."""
+
+class HybridOptimizer(Preconditioned, Optimizer):
+    """Steps each part in order; ``param_groups``/``state`` are shared with the parts (see module doc). Its
+    preconditioner is the block-diagonal sum of the parts' (:mod:`.preconditioner`)."""
 
     def __init__(self, parts: Sequence[Optimizer]):
         self._parts = list(parts)
@@ -34,13 +38,13 @@ class HybridOptimizer(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for part in self._parts:
             part.step()
         return loss
+
+    def _preconditioner_parts(self, names: dict[int, str], batch=None) -> list[PreconditionerPart]:
+        return [q for part in self._parts for q in preconditioner_parts(part, names=names, batch=batch)]
 
     def extra_state(self) -> dict[str, Any]:
         """Optimizer-wide state that is not per parameter (counters, RNG state); override to add some."""

@@ -28,21 +28,25 @@ import torch
 import torch.nn as nn
 
 from ..errors import InfogeomError
-from .kronecker import (
-    KroneckerCore,
-    KroneckerOptimizer,
-    from_eigenbasis,
-    pi_correction,
-    select_layers,
-    to_eigenbasis,
-)
+from ..operators import from_eigenbasis, pi_correction, to_eigenbasis
+from .kronecker import KroneckerCore, KroneckerOptimizer, select_layers
+from .preconditioner import heavy_ball_factor
 from .registry import register_optimizer
+from .step import decoupled_update_
 
 DAMPING_MODES = ("pi", "relative", "exact")
 
 
 class KFACCore(KroneckerCore):
     label = "kfac"
+    nu = 1.0  # the last step's KL-clip factor
+
+    def extra_state(self) -> dict:
+        return {**super().extra_state(), "nu": self.nu}
+
+    def load_extra_state(self, extra: dict) -> None:
+        super().load_extra_state(extra)
+        self.nu = float(extra.get("nu", 1.0))
 
     def _basis_changed(self, layer, old, new) -> None:
         st = self.state[layer.weight]
@@ -51,7 +55,7 @@ class KFACCore(KroneckerCore):
 
     def _denominator(self, eL: torch.Tensor, eR: torch.Tensor) -> torch.Tensor:
         """D with (damped F̂)^{-1} X = Q_L [(Q_Lᵀ X Q_R) ⊘ D] Q_Rᵀ for the configured damping mode."""
-        lam, mode = self.damping, self.defaults["damping_mode"]
+        lam, mode = self.step_damping, self.defaults["damping_mode"]
         if mode == "exact":
             return eL[:, None] * eR[None, :] + lam
         if mode == "pi":
@@ -76,6 +80,7 @@ class KFACCore(KroneckerCore):
                 curvature = eL[:, None] * eR[None, :]
                 quad += base[id(layer.weight)] ** 2 * float((curvature * direction.square()).sum())
         nu = min(1.0, math.sqrt(d["kl_clip"] / quad)) if d["kl_clip"] is not None and quad > 0 else 1.0
+        self.nu = nu
         wds = {id(p): g["weight_decay"] for g in self.param_groups for p in g["params"]}
         for layer, buf in zip(self.layers, bufs):
             _, _, QL, QR = self.eigenbasis(layer)
@@ -84,9 +89,19 @@ class KFACCore(KroneckerCore):
                 self.state[layer.weight]["momentum"] = buf
             lr = lrs[id(layer.weight)]
             for p, u in zip(layer.params, layer.split(from_eigenbasis(buf, QL, QR))):
-                p.mul_(1 - lr * wds[id(p)]).add_(u, alpha=-lr)
+                decoupled_update_(p, u, lr, wds[id(p)])
+
+    def _grid(self, layer) -> torch.Tensor:
+        """P = the damped factors over the step's KL-clip factor ν: the applied update is −η ν(μ b + P̂⁻¹ g)."""
+        eL, eR, _, _ = self.eigenbasis(layer)
+        return self._denominator(eL, eR) / self.nu
+
+    def _stability(self) -> tuple[float, str]:
+        """Heavy ball with momentum μν (ν the last KL-clip factor): c = 2 + 2μν."""
+        return heavy_ball_factor(self.defaults["momentum"] * self.nu), "kfac"
 
 
+@register_optimizer("kfac")
 class KFAC(KroneckerOptimizer):
     """K-FAC on the model's Linear layers (see module doc), AdamW (``adamw_lr``) on everything else.
 
@@ -114,7 +129,3 @@ class KFAC(KroneckerOptimizer):
                         kl_clip=kl_clip, momentum=momentum, max_basis_dim=max_basis_dim)
         super().__init__(model, core, adamw_lr, weight_decay, betas, eps)
 
-
-@register_optimizer("kfac")
-def _kfac(model: nn.Module, lr: float, weight_decay: float, **options) -> KFAC:
-    return KFAC(model, lr=lr, weight_decay=weight_decay, **options)

@@ -37,11 +37,14 @@ import torch.nn as nn
 from torch.optim import Optimizer
 
 from ..errors import InfogeomError
-from ..geometry.kfac import KFACCapture, LayerFactors, LayerInfo
+from ..geometry.kfac import KFACCapture, LayerInfo
+from ..operators import KroneckerBlock, KroneckerOperator, pack_bias, symmetric_eigh, unpack_bias
 from .distributed import all_reduce_mean_, broadcast_, rank, world_size
 from .hybrid import HybridOptimizer
 from .params import HEAD_NAMES, adamw_groups, linear_layers
+from .preconditioner import Preconditioned, PreconditionerPart
 from .safety import all_finite, warn_skip
+from .step import closure_loss
 
 
 @dataclass
@@ -57,47 +60,15 @@ class Layer:
         return [self.weight] if self.bias is None else [self.weight, self.bias]
 
     def grad_matrix(self) -> torch.Tensor:
-        gw = self.weight.grad if self.weight.grad is not None else torch.zeros_like(self.weight)
-        if self.bias is None:
-            return gw
-        gb = self.bias.grad if self.bias.grad is not None else torch.zeros_like(self.bias)
-        return torch.cat([gw, gb[:, None]], dim=1)
+        """X = [∇W | ∇b] (zeros for a missing gradient)."""
+        def grad(p: nn.Parameter) -> torch.Tensor:
+            return p.grad if p.grad is not None else torch.zeros_like(p)
+
+        return pack_bias(grad(self.weight), None if self.bias is None else grad(self.bias))
 
     def split(self, X: torch.Tensor) -> list[torch.Tensor]:
         """Inverse of :meth:`grad_matrix`: ``[W-shaped, b-shaped]``."""
-        if self.bias is None:
-            return [X]
-        return [X[:, :-1], X[:, -1]]
-
-    def orient(self, f: LayerFactors) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(L, R)`` with F X ≈ L X R."""
-        return (f.G, f.A) if self.info.kind == "linear" else (f.A, f.G)
-
-
-def to_eigenbasis(X: torch.Tensor, QL: torch.Tensor | None, QR: torch.Tensor | None) -> torch.Tensor:
-    """Q_Lᵀ X Q_R (a missing Q is the identity of a diagonal factor)."""
-    X = X if QL is None else QL.T @ X
-    return X if QR is None else X @ QR
-
-
-def from_eigenbasis(Y: torch.Tensor, QL: torch.Tensor | None, QR: torch.Tensor | None) -> torch.Tensor:
-    """Q_L Y Q_Rᵀ."""
-    Y = Y if QL is None else QL @ Y
-    return Y if QR is None else Y @ QR.T
-
-
-def symmetric_eigh(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``eigh`` in the factor's dtype, retried in float64 when it fails or returns non-finite values
-    (float32 is about twice as fast; the retry keeps it robust). Raises when float64 fails too."""
-    try:
-        e, Q = torch.linalg.eigh(M)
-        if all_finite([e, Q]):
-            return e, Q
-    except RuntimeError:
-        if M.dtype == torch.float64:
-            raise
-    e, Q = torch.linalg.eigh(M.double())
-    return e.to(M.dtype), Q.to(M.dtype)
+        return unpack_bias(X, self.bias is not None)
 
 
 def due(step: int, every: int) -> bool:
@@ -132,13 +103,15 @@ def select_layers(model: nn.Module, head: bool | str = "auto", embeddings: bool 
     return names
 
 
-class KroneckerCore(Optimizer):
+class KroneckerCore(Preconditioned, Optimizer):
     """Factor schedule, eigendecompositions, DDP and safety for the preconditioned layers; subclasses
-    implement :meth:`_apply` (the update of every layer from the eigenbases in
-    ``self.state[layer.weight]``).
+    implement :meth:`_apply` (the update of every layer from the eigenbases in ``self.state[layer.weight]``),
+    :meth:`_grid` (the eigenvalues of their metric P in those bases, :mod:`.preconditioner`) and
+    :meth:`_stability` (momentum form).
 
-    Optimizer-wide state (``steps``, current ``damping``, generator state) is exposed by
-    :meth:`extra_state`.
+    Optimizer-wide state (``steps``, current ``damping``, the damping the last step used, generator state) is
+    exposed by :meth:`extra_state`. ``step`` follows the torch contract (returns the closure's loss);
+    ``skipped`` tells whether the last step was skipped.
     """
 
     label = "kronecker"  # the registered name, for warnings
@@ -155,7 +128,7 @@ class KroneckerCore(Optimizer):
             raise InfogeomError(f"damping must be positive, got {damping}")
         self.generator = torch.Generator().manual_seed(int(seed) + rank())
         self.capture = KFACCapture(model, approx=approx, fisher=fisher, mc_samples=mc_samples,
-                                   generator=self.generator, modules=modules)
+                                   generator=self.generator, modules=modules, live=True)
         named = dict(model.named_parameters())
         self.layers = [Layer(info, named[info.weight], named[info.bias] if info.bias else None)
                        for info in self.capture.layers]
@@ -166,14 +139,17 @@ class KroneckerCore(Optimizer):
                               factor_decay=factor_decay, damping_boost=damping_boost,
                               max_basis_dim=max_basis_dim, **defaults))
         self.steps, self.damping = 0, float(damping)
+        self.step_damping, self.skipped = self.damping, False
         self.capture.attach()
 
     # ---- optimizer-wide state ------------------------------------------------------------------------------
     def extra_state(self) -> dict:
-        return {"steps": self.steps, "damping": self.damping, "rng": self.generator.get_state()}
+        return {"steps": self.steps, "damping": self.damping, "step_damping": self.step_damping,
+                "rng": self.generator.get_state()}
 
     def load_extra_state(self, extra: dict) -> None:
         self.steps, self.damping = int(extra["steps"]), float(extra["damping"])
+        self.step_damping = float(extra.get("step_damping", self.damping))
         self.generator.set_state(extra["rng"])
         self.capture.reset()
         self.capture.enabled = due(self.steps, self.defaults["cov_every"])
@@ -197,7 +173,7 @@ class KroneckerCore(Optimizer):
         layers = [la for la in self.layers if la.info.name in fresh]
         limit = self.defaults["max_basis_dim"] or math.inf
         new = [t if t.ndim == 1 or t.shape[0] <= limit else t.diagonal().clone()
-               for la in layers for t in la.orient(fresh[la.info.name])]
+               for la in layers for t in fresh[la.info.name].oriented()]
         if any(la.info.name not in fresh and "L" not in self.state[la.weight] for la in self.layers):
             raise InfogeomError("K-FAC: no curvature captured; run the model's forward with gradients "
                                 "enabled before optimizer.step()")
@@ -259,6 +235,28 @@ class KroneckerCore(Optimizer):
         st = self.state[layer.weight]
         return st["eL"], st["eR"], st["QL"], st["QR"]
 
+    # ---- preconditioner ------------------------------------------------------------------------------------
+    def _grid(self, layer: Layer) -> torch.Tensor:  # pragma: no cover - abstract
+        """Eigenvalues ``[d_L, d_R]`` of the layer's block of P in its eigenbasis (as of the last step)."""
+        raise NotImplementedError
+
+    def _stability(self) -> tuple[float, str]:  # pragma: no cover - abstract
+        """(edge-of-stability factor c, momentum form) of the update (:mod:`.preconditioner`)."""
+        raise NotImplementedError
+
+    def _preconditioner_parts(self, names: dict[int, str], batch=None) -> list[PreconditionerPart]:
+        if self.steps == 0:
+            raise InfogeomError(f"{self.label}: no preconditioner before the first step")
+        blocks = []
+        for la in self.layers:
+            _, _, QL, QR = self.eigenbasis(la)
+            blocks.append(KroneckerBlock(names[id(la.weight)], None if la.bias is None else names[id(la.bias)],
+                                         QL, QR, self._grid(la)))
+        params = [p for la in self.layers for p in la.params]
+        op = KroneckerOperator(blocks, [names[id(p)] for p in params], [p.shape for p in params])
+        factor, kind = self._stability()
+        return [PreconditionerPart(op, float(self.param_groups[0]["lr"]), factor, kind)]
+
     # ---- step ----------------------------------------------------------------------------------------------
     def _basis_changed(self, layer: Layer, old: tuple, new: tuple) -> None:
         """Called with the old and new ``(Q_L, Q_R)`` of a layer before new eigenbases are stored."""
@@ -267,22 +265,26 @@ class KroneckerCore(Optimizer):
         raise NotImplementedError
 
     @torch.no_grad()
-    def step(self, closure=None) -> bool:
-        """One update of the preconditioned layers; False (and nothing changed) when the step was
-        skipped."""
+    def step(self, closure=None):
+        """One update of the preconditioned layers (``skipped`` is set, nothing changed, when it had to be
+        skipped); returns the closure's loss."""
+        loss = closure_loss(closure)
         d, k = self.defaults, self.steps
+        self.skipped = True
         if due(k, d["cov_every"]) and not self._update_factors():
             self.fail("non-finite curvature factors")
-            return False
+            return loss
         fresh_basis = due(k, d["inv_every"]) or "eL" not in self.state[self.layers[0].weight]
         if fresh_basis and not self._decompose():
             self.fail("eigendecomposition failed")
-            return False
+            return loss
+        self.step_damping = self.damping
         self._apply()
+        self.skipped = False
         self.steps += 1
         self.damping = max(d["damping"], self.damping * 0.9)
         self.capture.enabled = due(self.steps, d["cov_every"])
-        return True
+        return loss
 
 
 class KroneckerOptimizer(HybridOptimizer):
@@ -298,15 +300,13 @@ class KroneckerOptimizer(HybridOptimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not all_finite(grads):
             self.core.fail("non-finite gradient")
             return loss
-        if self.core.step():
+        self.core.step()
+        if not self.core.skipped:
             for part in self._parts[1:]:
                 part.step()
         return loss
@@ -322,8 +322,3 @@ class KroneckerOptimizer(HybridOptimizer):
         """Detach the curvature hooks from the model (the optimizer cannot step afterwards)."""
         self.core.capture.detach()
 
-
-def pi_correction(eL: torch.Tensor, eR: torch.Tensor) -> float:
-    """Martens & Grosse's π = √((tr R / dim R) / (tr L / dim L)) (1 when a factor vanishes)."""
-    mL, mR = float(eL.mean()), float(eR.mean())
-    return math.sqrt(mR / mL) if mL > 0 and mR > 0 else 1.0

@@ -18,6 +18,7 @@ from .params import HEAD_NAMES, adamw_groups, linear_layers
 from .registry import register_optimizer
 
 
+@register_optimizer("muon")
 class MuonAdamW(HybridOptimizer):
     """One optimizer: Muon on ``linear_layers(model)`` weights (no head, no tied/embedding weights), AdamW on
     the rest (weight decay on the remaining matrices only)."""
@@ -37,7 +38,3 @@ class MuonAdamW(HybridOptimizer):
                                   eps=eps)
         super().__init__([muon, adamw])
 
-
-@register_optimizer("muon")
-def _muon(model: nn.Module, lr: float, weight_decay: float, **options) -> MuonAdamW:
-    return MuonAdamW(model, lr=lr, weight_decay=weight_decay, **options)

@@ -24,20 +24,31 @@ import torch
 import torch.nn as nn
 from torch.optim import Optimizer
 
-from ..geometry import FisherOperator, conjugate_gradient, curvature_mode, flatten, unflatten
+from ..errors import InfogeomError
+from ..geometry import FisherOperator, curvature_mode
 from ..models.gpt import lm_loss
+from ..operators import DampedOperator, ScaledOperator, flatten, unflatten
 from .capture import BatchCapture
 from .distributed import all_reduce_mean_
 from .params import adamw_groups
+from .preconditioner import Preconditioned, PreconditionerPart
 from .registry import register_optimizer
 from .safety import all_finite, warn_skip
+from .step import closure_loss
 
 
-class NaturalGradientCG(Optimizer):
+def _mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    all_reduce_mean_([t])
+    return t
+
+
+@register_optimizer("ngcg")
+class NaturalGradientCG(Preconditioned, Optimizer):
     """Natural gradient by CG on ``(F + λI)`` with Levenberg–Marquardt damping (see module doc).
 
-    Optimizer-wide state (damping λ, last ρ, CG iterations) lives in ``state[first parameter]``; the
-    warm-start direction in each parameter's ``state["delta"]``.
+    Optimizer-wide state (damping λ, the damping and trust-region factor ν of the last step, last ρ) lives in
+    ``state[first parameter]``; the warm-start direction in each parameter's ``state["delta"]``. Its
+    preconditioner is P = (F + λI)/ν on the last curvature batch (``update = −η P⁻¹ g`` when CG converged).
     """
 
     def __init__(self, model: nn.Module, lr: float = 1.0, weight_decay: float = 0.0, damping: float = 1.0,
@@ -65,12 +76,20 @@ class NaturalGradientCG(Optimizer):
         st["damping"] = min(st["damping"] * d["lm_factor"] ** 2, d["damping_bounds"][1])
         warn_skip("ngcg", reason, st["damping"])
 
+    def _preconditioner_parts(self, names: dict[int, str], batch=None) -> list[PreconditionerPart]:
+        st = self._global()
+        if batch is None and self.capture.x is None:
+            raise InfogeomError("ngcg: its Fisher is not kept in the checkpoint; give a curvature batch")
+        x, y = batch if batch is not None else self.capture.batch(self.defaults["curvature_batch"])
+        with torch.enable_grad():
+            F = FisherOperator(self.model, (x, y), kind="exact", names=self._names)
+        F.names = [names[id(p)] for p in self._params]
+        P = ScaledOperator(DampedOperator(F, st.get("step_damping", st["damping"])), 1.0 / st.get("nu", 1.0))
+        return [PreconditionerPart(P, float(self.param_groups[0]["lr"]), 2.0, "ngcg")]
+
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         st, d = self._global(), self.defaults
         grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in self._params]
         if not all_finite(grads):
@@ -82,15 +101,13 @@ class NaturalGradientCG(Optimizer):
         damping = st["damping"]
 
         def fvp(v: torch.Tensor) -> torch.Tensor:
-            out = op.matvec(v)
-            all_reduce_mean_([out])
-            return out
+            return _mean_over_ranks(op.matvec(v))
 
         shapes = [p.shape for p in self._params]
         prev = [self.state[p].get("delta") for p in self._params]
         x0 = None if any(v is None for v in prev) else d["warm_start"] * flatten(prev)
-        delta, iters = conjugate_gradient(lambda v: fvp(v) + damping * v, -flatten(grads).to(op.dtype), x0=x0,
-                                          tol=d["cg_tol"], maxiter=d["cg_iters"])
+        delta = op.solve(-flatten(grads).to(op.dtype), damping, tol=d["cg_tol"], maxiter=d["cg_iters"], x0=x0,
+                         reduce=_mean_over_ranks)
         if not all_finite([delta]):
             self._skip(st, "conjugate gradient diverged")
             return loss
@@ -104,6 +121,7 @@ class NaturalGradientCG(Optimizer):
             ratio = g0["lr"] / g0.get("initial_lr", g0["lr"])
             nu = min(1.0, math.sqrt(d["kl_clip"] / float(quad)) * ratio) if ratio > 0 else 1.0
         s = nu * s
+        st.update(step_damping=damping, nu=nu)
         stats = torch.stack([op.loss, op.gradient @ s + 0.5 * nu ** 2 * quad])
         old = [p.detach().clone() for p in self._params]
         for group in self.param_groups:
@@ -129,12 +147,8 @@ class NaturalGradientCG(Optimizer):
             damping *= d["lm_factor"]
         elif rho > 0.75:
             damping /= d["lm_factor"]
-        st.update(damping=min(max(damping, low), high), rho=rho, cg_iters=iters, rejected=new_loss > old_loss)
+        st.update(damping=min(max(damping, low), high), rho=rho, rejected=new_loss > old_loss)
         for p, v in zip(self._params, unflatten(delta, shapes)):
             self.state[p]["delta"] = v.to(p.dtype)
         return loss
 
-
-@register_optimizer("ngcg")
-def _ngcg(model: nn.Module, lr: float, weight_decay: float, **options) -> NaturalGradientCG:
-    return NaturalGradientCG(model, lr=lr, weight_decay=weight_decay, **options)

@@ -20,15 +20,17 @@ import torch.nn as nn
 from torch.optim import Optimizer
 
 from ..errors import InfogeomError
-from ..geometry.operator import CurvatureOperator
+from ..operators import CurvatureOperator, DenseOperator
 from .hybrid import HybridOptimizer
 from .params import adamw_groups
+from .preconditioner import Preconditioned, PreconditionerPart
 from .registry import register_optimizer
+from .step import closure_loss, decoupled_update_
 
 MetricFn = Callable[[], "torch.Tensor | CurvatureOperator"]
 
 
-class QuantumNaturalGradient(Optimizer):
+class QuantumNaturalGradient(Preconditioned, Optimizer):
     """θ ← (1 − η·wd) θ − η (G + λI)^+ ∇L over all parameters of the optimizer (flattened in group order).
 
     ``metric_fn()`` returns G as a ``[P, P]`` tensor or a :class:`CurvatureOperator` (P = total numel),
@@ -54,42 +56,51 @@ class QuantumNaturalGradient(Optimizer):
     def _params(self) -> list[torch.Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
 
-    def _preconditioner(self, P: int) -> torch.Tensor:
+    def _metric(self, P: int) -> torch.Tensor:
+        """The damped, symmetrized metric G + λI ``[P, P]`` at the current parameters."""
         G = self.metric_fn()
         if isinstance(G, CurvatureOperator):
             G = G.to_dense()
         if G.shape != (P, P):
             raise InfogeomError(f"metric_fn returned shape {tuple(G.shape)}; optimizer has {P} parameters")
         G = 0.5 * (G + G.T)
-        G = G + self.param_groups[0]["damping"] * torch.eye(P, dtype=G.dtype, device=G.device)
-        return torch.linalg.pinv(G, hermitian=True)
+        return G + self.param_groups[0]["damping"] * torch.eye(P, dtype=G.dtype, device=G.device)
+
+    def _preconditioner_parts(self, names: dict[int, str], batch=None) -> list[PreconditionerPart]:
+        """P = G + λI of the last refresh (with λ = 0 and a singular G the step uses the pseudo-inverse, which
+        P⁻¹ matches on the range of G)."""
+        params = self._params()
+        state = self.state[params[0]]
+        if "metric" not in state:
+            raise InfogeomError("qng: no metric yet; take a step first")
+        if len({g["lr"] for g in self.param_groups}) > 1:
+            raise InfogeomError("qng: the preconditioner needs one learning rate for all parameter groups")
+        op = DenseOperator(state["metric"], [p.shape for p in params], [names[id(p)] for p in params])
+        return [PreconditionerPart(op, float(self.param_groups[0]["lr"]), 2.0, "qng")]
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         params = self._params()
         P = sum(p.numel() for p in params)
         state = self.state[params[0]]
         step = state.get("qng_step", 0)
         if "precond" not in state or step % self.param_groups[0]["recompute_every"] == 0:
-            state["precond"] = self._preconditioner(P)
+            state["metric"] = self._metric(P)
+            state["precond"] = torch.linalg.pinv(state["metric"], hermitian=True)
         grad = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in params])
         nat = (state["precond"] @ grad.to(state["precond"].dtype)).to(grad.dtype)
         offset = 0
         for group in self.param_groups:
             for p in group["params"]:
                 n = p.numel()
-                if group["weight_decay"]:
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(nat[offset:offset + n].view_as(p), alpha=-group["lr"])
+                decoupled_update_(p, nat[offset:offset + n].view_as(p), group["lr"], group["weight_decay"])
                 offset += n
         state["qng_step"] = step + 1
         return loss
 
 
+@register_optimizer("qng")
 class QNGAdamW(HybridOptimizer):
     """QNG on the circuit weights of a model's quantum layers, AdamW on every other trainable parameter."""
 
@@ -97,7 +108,8 @@ class QNGAdamW(HybridOptimizer):
                  metric: str = "fubini-study", approx: str | None = None, damping: float = 1e-3,
                  recompute_every: int = 1, quantum_lr: float | None = None, max_inputs: int = 64,
                  betas=(0.9, 0.95), eps: float = 1e-8):
-        from ..models.quantum_layer import model_metric_fn, quantum_layers
+        from ..geometry.quantum_layers import model_metric_fn
+        from ..models.quantum_layer import quantum_layers
 
         layers = quantum_layers(model)
         if not layers:
@@ -111,7 +123,3 @@ class QNGAdamW(HybridOptimizer):
         adamw = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
         super().__init__([qng, adamw])
 
-
-@register_optimizer("qng")
-def _qng(model: nn.Module, lr: float, weight_decay: float, **options) -> QNGAdamW:
-    return QNGAdamW(model, lr=lr, weight_decay=weight_decay, **options)

@@ -1,7 +1,8 @@
 """Optimizers by name, so the trainer, CLI and benchmarks build any of them the same way.
 
-A builder has the signature ``builder(model, lr, weight_decay, **options) -> torch.optim.Optimizer``; options
-come from the ``optim.options`` table of a training config. Register new ones with :func:`register_optimizer`.
+A builder has the signature ``builder(model, lr, weight_decay, **options) -> torch.optim.Optimizer`` (an optimizer
+class with that constructor is its own builder: ``@register_optimizer("kfac") class KFAC``); options come from the
+``optim.options`` table of a training config.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import InfogeomError
+from .params import adamw_groups
 
 Builder = Callable[..., torch.optim.Optimizer]
 OPTIMIZERS: dict[str, Builder] = {}
@@ -24,23 +26,14 @@ def register_optimizer(name: str) -> Callable[[Builder], Builder]:
     return deco
 
 
-def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices (≥2-D), none on biases, norms and other vectors (nanoGPT convention)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-
-
 @register_optimizer("adamw")
 def _adamw(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95), eps: float = 1e-8, **kw):
-    return torch.optim.AdamW(decay_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps, **kw)
+    return torch.optim.AdamW(adamw_groups(model, (), weight_decay), lr=lr, betas=tuple(betas), eps=eps, **kw)
 
 
 @register_optimizer("sgd")
 def _sgd(model: nn.Module, lr: float, weight_decay: float, momentum: float = 0.0, **kw):
-    return torch.optim.SGD(decay_groups(model, weight_decay), lr=lr, momentum=momentum, **kw)
+    return torch.optim.SGD(adamw_groups(model, (), weight_decay), lr=lr, momentum=momentum, **kw)
 
 
 def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float = 0.0, **options

@@ -34,9 +34,14 @@ ARCHS = ("gpt", "hf-gpt2")
 
 @dataclass
 class ModelConfig(GPTConfig):
-    """GPT shape (``GPTConfig`` fields; ``vocab_size`` comes from the tokenizer) plus the architecture."""
+    """GPT shape (``GPTConfig`` fields; ``vocab_size`` comes from the tokenizer) plus the architecture and
+    optional quantum layers (:func:`infogeom.models.quantum_layer.add_quantum_layers`)."""
 
     arch: str = "gpt"
+    quantum_blocks: str = ""
+    quantum_target: str = "mlp"
+    n_qubits: int = 4
+    quantum_depth: int = 2
 
 
 @dataclass
@@ -127,6 +132,10 @@ FIELD_HELP = {
     "model.tie_weights": "share the token embedding with the output layer",
     "model.norm": "layernorm or rmsnorm",
     "model.attention": "sdpa (fused kernel) or math (explicit; supports double backward)",
+    "model.quantum_blocks": "comma-separated block indices whose MLP (or qkv) becomes a quantum layer ('' = none)",
+    "model.quantum_target": "what the quantum layers replace: mlp or qkv",
+    "model.n_qubits": "qubits per quantum layer",
+    "model.quantum_depth": "ansatz layers per quantum layer",
     "data.corpus": "shakespeare, pydoc, a .txt file or folder, or hf:NAME[:CONFIG]",
     "data.tokenizer": "char, byte or bpe:N",
     "data.val_fraction": "fraction of the corpus (its end) held out for validation",

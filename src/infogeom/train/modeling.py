@@ -11,18 +11,29 @@ import torch.nn as nn
 from ..data import TokenData, Tokenizer, prepare_data, tokenizer_from_dict
 from ..errors import InfogeomError
 from ..models.gpt import GPT, GPTConfig
+from ..models.quantum_layer import add_quantum_layers
 from .checkpoint import load_checkpoint
 from .config import DataConfig, ModelConfig, TrainConfig, config_from_dict
 
 
 def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
-    """A freshly initialized model (uses the global torch RNG): GPT or the Hugging Face GPT-2 adapter."""
+    """A freshly initialized model (uses the global torch RNG): GPT (with quantum layers in
+    ``cfg.quantum_blocks``) or the Hugging Face GPT-2 adapter."""
     if cfg.arch == "hf-gpt2":
         from ..models.hf import HFCausalLM
         return HFCausalLM.from_gpt2(vocab_size, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd,
                                     dropout=cfg.dropout, attention=cfg.attention)
-    fields = {k: v for k, v in asdict(cfg).items() if k != "arch"}
-    return GPT(GPTConfig(**{**fields, "vocab_size": vocab_size}))
+    extra = ("arch", "quantum_blocks", "quantum_target", "n_qubits", "quantum_depth")
+    fields = {k: v for k, v in asdict(cfg).items() if k not in extra}
+    model = GPT(GPTConfig(**{**fields, "vocab_size": vocab_size}))
+    if cfg.quantum_blocks.strip():
+        try:
+            blocks = [int(b) for b in cfg.quantum_blocks.split(",")]
+        except ValueError:
+            raise InfogeomError(f"model.quantum_blocks must be comma-separated block indices, got "
+                                f"{cfg.quantum_blocks!r}") from None
+        add_quantum_layers(model, blocks, cfg.quantum_target, cfg.n_qubits, cfg.quantum_depth)
+    return model
 
 
 def prepare_run_data(cfg: DataConfig) -> TokenData:

@@ -1,9 +1,10 @@
 """One interface for every metric on the parameter tangent space.
 
-Fisher, GGN, Hessian, K-FAC, EK-FAC and the Fubini–Study metric are all symmetric P×P operators A. A subclass
-implements only :meth:`CurvatureOperator._matmat` (``V [P, k] -> A V [P, k]`` on flat vectors); everything else
-(matvec on parameter-shaped tensors, dense form, diagonal, trace, scipy adapter, damped solve) comes from here, and
-structured operators override what they can do better (e.g. K-FAC's exact inverse, a dense matrix's diagonal).
+Fisher, GGN, Hessian, K-FAC, EK-FAC, an optimizer's preconditioner and the Fubini–Study metric are all symmetric
+P×P operators A. A subclass implements only :meth:`CurvatureOperator._matmat` (``V [P, k] -> A V [P, k]`` on flat
+vectors); everything else (matvec on parameter-shaped tensors, dense form, diagonal, trace, scipy adapter, damped
+solve) comes from here, and structured operators override what they can do better: ``_solve`` (an exact
+``(A + λI)^{-1} B`` for ``B [P, k]``, e.g. K-FAC's eigenbasis inverse), ``diagonal``, ``trace``, ``to_dense``.
 
 Flat-vector convention: parameters are flattened in the order of ``operator.names`` and concatenated, so a flat
 vector has length ``P = sum(numel)``. ``matvec`` accepts either a flat ``[P]`` tensor or a list of tensors with
@@ -12,7 +13,7 @@ vector has length ``P = sum(numel)``. ``matvec`` accepts either a flat ``[P]`` t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -100,8 +101,7 @@ class CurvatureOperator:
         diag(A) ≈ mean_i v_i ⊙ A v_i with Rademacher probes (unbiased, ``num_probes`` matvecs)."""
         if num_probes is None:
             return torch.cat([self._matmat(E)[start:stop].diagonal() for start, stop, E in self._identity_columns(256)])
-        V = rademacher((self.dim, num_probes), self.dtype, self.device, generator)
-        return (V * self._matmat(V)).mean(dim=1)
+        return probe_diagonal(self, num_probes, generator)[0]
 
     def trace(self) -> torch.Tensor:
         """Exact trace (P matvecs unless overridden). Use ``infogeom.curvature`` for stochastic estimates."""
@@ -119,13 +119,34 @@ class CurvatureOperator:
                               dtype=np.float64)
 
     def solve(self, b: torch.Tensor | TensorList, damping: float = 0.0, tol: float = 1e-6,
-              maxiter: int | None = None) -> torch.Tensor | list[torch.Tensor]:
-        """``(A + λI)^{-1} b`` by conjugate gradient (A must be PSD or λ large enough). Same kind as ``b``."""
+              maxiter: int | None = None, x0: torch.Tensor | None = None,
+              reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """``(A + λI)^{-1} b`` for a flat ``[P]``, a batch ``[P, k]`` or a parameter-shaped list (same kind back).
+
+        Structured operators solve exactly (:meth:`_solve`); the default is conjugate gradient (A PSD or λ large
+        enough) stopping at ‖r‖ ≤ ``tol``·‖b‖, started from ``x0`` (warm start), with every product passed
+        through ``reduce`` (e.g. an all-reduce over data-parallel ranks) when given.
+        """
         if not isinstance(b, torch.Tensor):
-            return unflatten(self.solve(flatten(b), damping, tol, maxiter), self.shapes)
-        x, _ = conjugate_gradient(lambda v: self.matvec(v) + damping * v, b.to(self.dtype), tol=tol,
-                                  maxiter=maxiter or 10 * self.dim)
-        return x
+            x0 = flatten(x0) if x0 is not None and not isinstance(x0, torch.Tensor) else x0
+            return unflatten(self.solve(flatten(b), damping, tol, maxiter, x0, reduce), self.shapes)
+        if b.shape[0] != self.dim or b.ndim not in (1, 2):
+            raise InfogeomError(f"solve expects [{self.dim}] or [{self.dim}, k], got {tuple(b.shape)}")
+        B = b.to(self.dtype)
+        X = self._solve(B if B.ndim == 2 else B[:, None], float(damping), tol, maxiter,
+                        None if x0 is None else x0.to(self.dtype).reshape(self.dim, -1), reduce)
+        return X if b.ndim == 2 else X[:, 0]
+
+    def _solve(self, B: torch.Tensor, damping: float, tol: float, maxiter: int | None,
+               x0: torch.Tensor | None, reduce: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+        """``(A + λI)^{-1} B`` for ``B [P, k]`` by CG column by column (override with an exact solve)."""
+        def product(v: torch.Tensor) -> torch.Tensor:
+            Av = self._matmat(v[:, None])[:, 0]
+            return (reduce(Av) if reduce is not None else Av) + damping * v
+
+        cols = [conjugate_gradient(product, B[:, j], None if x0 is None else x0[:, j], tol=tol,
+                                   maxiter=maxiter or 10 * self.dim)[0] for j in range(B.shape[1])]
+        return torch.stack(cols, dim=1)
 
 
 def rademacher(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str = "cpu",
@@ -155,32 +176,18 @@ def conjugate_gradient(matvec, b: torch.Tensor, x0: torch.Tensor | None = None, 
     return x, it
 
 
-class DenseOperator(CurvatureOperator):
-    """A given symmetric matrix ``[P, P]`` as an operator (for tests, small models and quantum metrics)."""
-
-    def __init__(self, matrix: torch.Tensor, shapes: Sequence[torch.Size] | None = None,
-                 names: Sequence[str] | None = None):
-        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-            raise InfogeomError(f"DenseOperator needs a square matrix, got {tuple(matrix.shape)}")
-        self.matrix = matrix
-        self.shapes = list(shapes) if shapes is not None else [torch.Size([matrix.shape[0]])]
-        self.names = list(names) if names is not None else [f"p{i}" for i in range(len(self.shapes))]
-        self.dtype, self.device = matrix.dtype, matrix.device
-        if self.dim != matrix.shape[0]:
-            n = matrix.shape[0]
-            raise InfogeomError(f"shapes add up to {self.dim} entries but the matrix is {n}x{n}")
-
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        return self.matrix @ V
-
-    def to_dense(self, chunk: int = 256, force: bool = False) -> torch.Tensor:
-        return self.matrix
-
-    def diagonal(self, num_probes: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.matrix.diagonal() if num_probes is None else super().diagonal(num_probes, generator)
-
-    def solve(self, b, damping: float = 0.0, tol: float = 1e-6, maxiter: int | None = None):
-        if not isinstance(b, torch.Tensor):
-            return unflatten(self.solve(flatten(b), damping), self.shapes)
-        eye = torch.eye(self.dim, dtype=self.dtype, device=self.device)
-        return torch.linalg.solve(self.matrix + damping * eye, b.to(self.dtype))
+def probe_diagonal(op: CurvatureOperator, num_probes: int, generator: torch.Generator | None = None,
+                   chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hutchinson's diagonal (Bekas et al. 2007): mean and per-entry standard error of v ⊙ A v over
+    ``num_probes`` Rademacher probes (``chunk`` per product). Unbiased; cost ``num_probes`` matvecs."""
+    total = torch.zeros(op.dim, dtype=op.dtype, device=op.device)
+    total_sq = torch.zeros_like(total)
+    for start in range(0, num_probes, chunk):
+        V = rademacher((op.dim, min(chunk, num_probes - start)), op.dtype, op.device, generator)
+        D = V * op._matmat(V)
+        total += D.sum(1)
+        total_sq += (D * D).sum(1)
+    m = int(num_probes)
+    mean = total / m
+    var = (total_sq - m * mean**2).clamp_min(0) / max(m - 1, 1)
+    return mean, (var / m).sqrt()

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import torch
 import torch.nn as nn
 
-from ..errors import InfogeomError
-from ..geometry.functional import Batch
-from ..models.gpt import lm_loss, math_attention
+from infogeom.errors import InfogeomError
+from infogeom.geometry.functional import Batch
+from infogeom.models.gpt import lm_loss, math_attention
 
 
 def _symmetric_eig(T: torch.Tensor, eigenvectors: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import InfogeomError
-from .circuit import Circuit
-from .observables import PauliSum
+from infogeom.errors import InfogeomError
+from infogeom.quantum.circuit import Circuit
+from infogeom.quantum.observables import PauliSum
 
 
 def queue_pennylane(circuit: Circuit, params, inputs=None) -> None:

@@ -1,0 +1,65 @@
+"""Small composable transforms of an operator: a damped copy A + λI and a scaled copy c·A.
+
+Both keep the wrapped operator's exact solve when it has one: (A + λI + δI)^{-1} = A.solve(·, λ + δ) and
+(cA + δI)^{-1} b = A.solve(b, δ/c)/c. Used for the preconditioners of NGCG (F + λI), QNG (G + λI) and for
+rescaling a hybrid optimizer's parts to one learning rate.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import InfogeomError
+from .base import CurvatureOperator
+
+
+class DampedOperator(CurvatureOperator):
+    """``A + λI`` for an operator ``A`` and λ = ``damping`` ≥ 0."""
+
+    def __init__(self, op: CurvatureOperator, damping: float):
+        if not damping >= 0:
+            raise InfogeomError(f"damping must be non-negative, got {damping}")
+        self.op, self.damping = op, float(damping)
+        self.names, self.shapes, self.dtype, self.device = op.names, op.shapes, op.dtype, op.device
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self.op.matmat(V) + self.damping * V
+
+    def diagonal(self, num_probes: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.op.diagonal(num_probes, generator) + self.damping
+
+    def trace(self) -> torch.Tensor:
+        return self.op.trace() + self.damping * self.dim
+
+    def to_dense(self, chunk: int = 256, force: bool = False) -> torch.Tensor:
+        A = self.op.to_dense(chunk, force)
+        return A + self.damping * torch.eye(self.dim, dtype=A.dtype, device=A.device)
+
+    def _solve(self, B, damping, tol, maxiter, x0, reduce):
+        return self.op.solve(B, self.damping + damping, tol, maxiter, x0, reduce)
+
+
+class ScaledOperator(CurvatureOperator):
+    """``c·A`` for an operator ``A`` and a scale c > 0."""
+
+    def __init__(self, op: CurvatureOperator, scale: float):
+        if not scale > 0:
+            raise InfogeomError(f"scale must be positive, got {scale}")
+        self.op, self.scale = op, float(scale)
+        self.names, self.shapes, self.dtype, self.device = op.names, op.shapes, op.dtype, op.device
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.op.matmat(V)
+
+    def diagonal(self, num_probes: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.scale * self.op.diagonal(num_probes, generator)
+
+    def trace(self) -> torch.Tensor:
+        return self.scale * self.op.trace()
+
+    def to_dense(self, chunk: int = 256, force: bool = False) -> torch.Tensor:
+        return self.scale * self.op.to_dense(chunk, force)
+
+    def _solve(self, B, damping, tol, maxiter, x0, reduce):
+        x0 = None if x0 is None else self.scale * x0
+        return self.op.solve(B, damping / self.scale, tol, maxiter, x0, reduce) / self.scale

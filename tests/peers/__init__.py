@@ -1,0 +1,1 @@
+"""Adapters to the peer libraries used as oracles by the tests and benchmarks (PyHessian, PennyLane)."""
