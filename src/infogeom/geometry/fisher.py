@@ -75,7 +75,9 @@ class OutputCurvatureOperator(CurvatureOperator):
         first = next(iter(params.values()))
         self.dtype, self.device = first.dtype, first.device
         self.model, self.batch, self.chunk_size = model, batch, chunk_size
-        self._params = {n: p.detach() for n, p in params.items()}
+        # a copy: the operator stays the metric at construction when an optimizer later updates the model in
+        # place (parameters outside ``names`` are read from the model as they are)
+        self._params = {n: p.detach().clone() for n, p in params.items()}
         self._f = logits_function(model, batch[0])
         with curvature_mode(model):
             logits, self._vjp = vjp(self._f, self._params)

@@ -65,6 +65,7 @@ class NaturalGradientCG(Preconditioned, Optimizer):
         self._params = [p for g in self.param_groups for p in g["params"]]
         self._names = [names[id(p)] for p in self._params]
         self.capture = BatchCapture(model)
+        self._fisher: FisherOperator | None = None
 
     def _global(self) -> dict:
         st = self.state[self._params[0]]
@@ -78,11 +79,12 @@ class NaturalGradientCG(Preconditioned, Optimizer):
 
     def _preconditioner_parts(self, names: dict[int, str], batch=None) -> list[PreconditionerPart]:
         st = self._global()
-        if batch is None and self.capture.x is None:
-            raise InfogeomError("ngcg: its Fisher is not kept in the checkpoint; give a curvature batch")
-        x, y = batch if batch is not None else self.capture.batch(self.defaults["curvature_batch"])
-        with torch.enable_grad():
-            F = FisherOperator(self.model, (x, y), kind="exact", names=self._names)
+        F = self._fisher if batch is None else None
+        if F is None:
+            if batch is None:
+                raise InfogeomError("ngcg: its Fisher is not kept in the checkpoint; give a curvature batch")
+            with torch.enable_grad():
+                F = FisherOperator(self.model, batch, kind="exact", names=self._names)
         F.names = [names[id(p)] for p in self._params]
         P = ScaledOperator(DampedOperator(F, st.get("step_damping", st["damping"])), 1.0 / st.get("nu", 1.0))
         return [PreconditionerPart(P, float(self.param_groups[0]["lr"]), 2.0, "ngcg")]
@@ -98,6 +100,7 @@ class NaturalGradientCG(Preconditioned, Optimizer):
         x, y = self.capture.batch(d["curvature_batch"])
         with torch.enable_grad():
             op = FisherOperator(self.model, (x, y), kind="exact", names=self._names)
+        self._fisher = op  # the metric of this step (its preconditioner); not saved in checkpoints
         damping = st["damping"]
 
         def fvp(v: torch.Tensor) -> torch.Tensor:
