@@ -151,8 +151,9 @@ def adam_preconditioner(
 
 def eos_threshold(optimizer: torch.optim.Optimizer) -> dict:
     """The edge-of-stability threshold c/η of the first part of ``optimizer``'s step (c from its momentum form,
-    :mod:`infogeom.optim.preconditioner`): ``{'kind', 'lr', 'factor', 'threshold', 'gd_threshold'}``; infinite
-    when lr = 0. Needs no optimizer state."""
+    :mod:`infogeom.optim.preconditioner`): ``{'kind', 'lr', 'factor', 'threshold', 'gd_threshold'}``; η is the
+    scheduler's base rate where the current one is 0 (``group_lr``); infinite when both are 0. Needs no
+    optimizer state."""
     factor, kind, lr = leading_stability(optimizer)
     return {
         "kind": kind,

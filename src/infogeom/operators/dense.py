@@ -91,7 +91,7 @@ class BlockDiagonalOperator(CurvatureOperator):
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(V)
         for op, idx in zip(self.blocks, self.index):
-            out[idx] = op.matmat(V[idx])
+            out[idx] = op.matmat(V[idx]).to(out.dtype)
         return out
 
     def to_dense(self, chunk: int = 256, force: bool = False) -> torch.Tensor:

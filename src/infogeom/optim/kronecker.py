@@ -42,7 +42,7 @@ from ..operators import KroneckerBlock, KroneckerOperator, pack_bias, symmetric_
 from .distributed import all_reduce_mean_, broadcast_, rank, world_size
 from .hybrid import HybridOptimizer
 from .params import HEAD_NAMES, adamw_groups, linear_layers
-from .preconditioner import Preconditioned, PreconditionerPart
+from .preconditioner import Preconditioned, PreconditionerPart, group_lr
 from .safety import all_finite, warn_skip
 from .step import closure_loss
 
@@ -255,7 +255,7 @@ class KroneckerCore(Preconditioned, Optimizer):
         params = [p for la in self.layers for p in la.params]
         op = KroneckerOperator(blocks, [names[id(p)] for p in params], [p.shape for p in params])
         factor, kind = self._stability()
-        return [PreconditionerPart(op, float(self.param_groups[0]["lr"]), factor, kind)]
+        return [PreconditionerPart(op, group_lr(self.param_groups[0]), factor, kind)]
 
     # ---- step ----------------------------------------------------------------------------------------------
     def _basis_changed(self, layer: Layer, old: tuple, new: tuple) -> None:

@@ -31,7 +31,7 @@ from ..operators import DampedOperator, ScaledOperator, flatten, unflatten
 from .capture import BatchCapture
 from .distributed import all_reduce_mean_
 from .params import adamw_groups
-from .preconditioner import Preconditioned, PreconditionerPart
+from .preconditioner import Preconditioned, PreconditionerPart, group_lr
 from .registry import register_optimizer
 from .safety import all_finite, warn_skip
 from .step import closure_loss
@@ -77,6 +77,10 @@ class NaturalGradientCG(Preconditioned, Optimizer):
         st["damping"] = min(st["damping"] * d["lm_factor"] ** 2, d["damping_bounds"][1])
         warn_skip("ngcg", reason, st["damping"])
 
+    def _stability(self) -> tuple[float, str]:
+        """No momentum (the warm start only seeds CG): c = 2."""
+        return 2.0, "ngcg"
+
     def _preconditioner_parts(self, names: dict[int, str], batch=None) -> list[PreconditionerPart]:
         st = self._global()
         F = self._fisher if batch is None else None
@@ -87,7 +91,7 @@ class NaturalGradientCG(Preconditioned, Optimizer):
                 F = FisherOperator(self.model, batch, kind="exact", names=self._names)
         F.names = [names[id(p)] for p in self._params]
         P = ScaledOperator(DampedOperator(F, st.get("step_damping", st["damping"])), 1.0 / st.get("nu", 1.0))
-        return [PreconditionerPart(P, float(self.param_groups[0]["lr"]), 2.0, "ngcg")]
+        return [PreconditionerPart(P, group_lr(self.param_groups[0]), *self._stability())]
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -71,6 +71,14 @@ class PreconditionerPart:
         return self.factor / self.lr if self.lr > 0 else math.inf
 
 
+def group_lr(group: dict) -> float:
+    """A group's learning rate for the metric and its threshold: the current one, or the scheduler's base rate
+    (``initial_lr``) where a schedule has decayed it to 0 (a run's last checkpoint), so that the edge of
+    stability is still defined."""
+    lr = float(group["lr"])
+    return lr if lr > 0 else float(group.get("initial_lr", 0.0))
+
+
 def heavy_ball_factor(momentum: float, nesterov: bool = False) -> float:
     """c for b ← μb + g (θ ← θ − η b) or its Nesterov form (θ ← θ − η(g + μb))."""
     return (2 + 2 * momentum) / (1 + 2 * momentum) if nesterov else 2 + 2 * momentum
@@ -102,7 +110,7 @@ def leading_stability(optimizer: torch.optim.Optimizer) -> tuple[float, str, flo
     own = getattr(optimizer, "_stability", None)
     group = optimizer.param_groups[0]
     factor, kind = own() if own is not None else torch_stability(optimizer, group)
-    return factor, kind, float(group["lr"])
+    return factor, kind, group_lr(group)
 
 
 def parameter_names(optimizer: torch.optim.Optimizer, model: nn.Module | None = None) -> dict[int, str]:
@@ -139,7 +147,7 @@ def adam_parts(optimizer: torch.optim.Optimizer, names: dict[int, str], batch=No
             diags.append(((1 - beta1**t) * ((v / (1 - beta2**t)).sqrt() + group["eps"])).reshape(-1))
         op = DiagonalOperator(torch.cat(diags), [names[id(p)] for p in group["params"]],
                               [p.shape for p in group["params"]])
-        parts.append(PreconditionerPart(op, float(group["lr"]), *torch_stability(optimizer, group)))
+        parts.append(PreconditionerPart(op, group_lr(group), *torch_stability(optimizer, group)))
     return parts
 
 
@@ -154,7 +162,7 @@ def sgd_parts(optimizer: torch.optim.Optimizer, names: dict[int, str], batch=Non
         scale = 1.0 / (1.0 - float(group.get("dampening", 0.0) or 0.0)) if mu else 1.0
         op = DiagonalOperator(torch.full((sum(p.numel() for p in ps),), scale, dtype=ps[0].dtype,
                                          device=ps[0].device), [names[id(p)] for p in ps], [p.shape for p in ps])
-        parts.append(PreconditionerPart(op, float(group["lr"]), *torch_stability(optimizer, group)))
+        parts.append(PreconditionerPart(op, group_lr(group), *torch_stability(optimizer, group)))
     return parts
 
 
@@ -199,7 +207,7 @@ def muon_parts(optimizer: torch.optim.Optimizer, names: dict[int, str], batch=No
                                      group["eps"]))
         ps = group["params"]
         op = KroneckerOperator(blocks, [names[id(p)] for p in ps], [p.shape for p in ps])
-        parts.append(PreconditionerPart(op, float(group["lr"]), *torch_stability(optimizer, group)))
+        parts.append(PreconditionerPart(op, group_lr(group), *torch_stability(optimizer, group)))
     return parts
 
 

@@ -23,7 +23,7 @@ from ..errors import InfogeomError
 from ..operators import CurvatureOperator, DenseOperator
 from .hybrid import HybridOptimizer
 from .params import adamw_groups
-from .preconditioner import Preconditioned, PreconditionerPart
+from .preconditioner import Preconditioned, PreconditionerPart, group_lr
 from .registry import register_optimizer
 from .step import closure_loss, decoupled_update_
 
@@ -66,6 +66,10 @@ class QuantumNaturalGradient(Preconditioned, Optimizer):
         G = 0.5 * (G + G.T)
         return G + self.param_groups[0]["damping"] * torch.eye(P, dtype=G.dtype, device=G.device)
 
+    def _stability(self) -> tuple[float, str]:
+        """No momentum: c = 2."""
+        return 2.0, "qng"
+
     def _preconditioner_parts(self, names: dict[int, str], batch=None) -> list[PreconditionerPart]:
         """P = G + λI of the last refresh (with λ = 0 and a singular G the step uses the pseudo-inverse, which
         P⁻¹ matches on the range of G)."""
@@ -75,8 +79,9 @@ class QuantumNaturalGradient(Preconditioned, Optimizer):
             raise InfogeomError("qng: no metric yet; take a step first")
         if len({g["lr"] for g in self.param_groups}) > 1:
             raise InfogeomError("qng: the preconditioner needs one learning rate for all parameter groups")
-        op = DenseOperator(state["metric"], [p.shape for p in params], [names[id(p)] for p in params])
-        return [PreconditionerPart(op, float(self.param_groups[0]["lr"]), 2.0, "qng")]
+        metric = state["metric"].to(params[0].dtype)
+        op = DenseOperator(metric, [p.shape for p in params], [names[id(p)] for p in params])
+        return [PreconditionerPart(op, group_lr(self.param_groups[0]), *self._stability())]
 
     @torch.no_grad()
     def step(self, closure=None):
