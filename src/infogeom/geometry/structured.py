@@ -68,7 +68,31 @@ def ekfac_block(f: LayerFactors) -> KroneckerBlock:
     return KroneckerBlock(f.info.weight, f.info.bias, None, QG, f.moments)
 
 
-class KFACOperator(KroneckerOperator):
+class _FactoredOperator(KroneckerOperator):
+    """A Kronecker operator built from a model's layer factors: ``_factors`` computes them for a batch,
+    ``_block`` turns one layer's into its eigen-block."""
+
+    _factors = staticmethod(kfac_factors)
+    _block = staticmethod(kfac_block)
+
+    def __init__(self, model: nn.Module, batch: Batch, approx: str = "expand", fisher: str = "mc",
+                 mc_samples: int = 1, generator: torch.Generator | None = None,
+                 modules: Sequence[str] | None = None):
+        factors = self._factors(model, batch, approx, fisher, mc_samples, generator, modules)
+        self._wrap(model, factors)
+
+    def _wrap(self, model: nn.Module, factors: dict[str, LayerFactors]) -> None:
+        self._init([self._block(f) for f in factors.values()], *_layout(model, list(factors.values())))
+
+    @classmethod
+    def from_factors(cls, model: nn.Module, factors: dict[str, LayerFactors]):
+        """Wrap factors captured elsewhere (e.g. by an optimizer)."""
+        op = cls.__new__(cls)
+        op._wrap(model, factors)
+        return op
+
+
+class KFACOperator(_FactoredOperator):
     """K-FAC ``⊕_layers G ⊗ A`` of the Fisher (normalized like the mean token loss) for one batch.
 
     ``approx``: ``"expand"``/``"reduce"``; ``fisher``: ``"mc"`` (``mc_samples`` labels from ``generator``),
@@ -77,34 +101,13 @@ class KFACOperator(KroneckerOperator):
     ``KFACOperator.from_factors(model, factors)`` wraps factors captured elsewhere (e.g. by an optimizer).
     """
 
-    def __init__(self, model: nn.Module, batch: Batch, approx: str = "expand", fisher: str = "mc",
-                 mc_samples: int = 1, generator: torch.Generator | None = None,
-                 modules: Sequence[str] | None = None):
-        factors = kfac_factors(model, batch, approx, fisher, mc_samples, generator, modules)
-        self._init([kfac_block(f) for f in factors.values()], *_layout(model, list(factors.values())))
 
-    @classmethod
-    def from_factors(cls, model: nn.Module, factors: dict[str, LayerFactors]) -> KFACOperator:
-        op = cls.__new__(cls)
-        op._init([kfac_block(f) for f in factors.values()], *_layout(model, list(factors.values())))
-        return op
-
-
-class EKFACOperator(KroneckerOperator):
+class EKFACOperator(_FactoredOperator):
     """EK-FAC: K-FAC's eigenbasis with per-coordinate second moments re-estimated in it (two passes over the
     batch with the same MC labels; arguments as :class:`KFACOperator`)."""
 
-    def __init__(self, model: nn.Module, batch: Batch, approx: str = "expand", fisher: str = "mc",
-                 mc_samples: int = 1, generator: torch.Generator | None = None,
-                 modules: Sequence[str] | None = None):
-        factors = ekfac_factors(model, batch, approx, fisher, mc_samples, generator, modules)
-        self._init([ekfac_block(f) for f in factors.values()], *_layout(model, list(factors.values())))
-
-    @classmethod
-    def from_factors(cls, model: nn.Module, factors: dict[str, LayerFactors]) -> EKFACOperator:
-        op = cls.__new__(cls)
-        op._init([ekfac_block(f) for f in factors.values()], *_layout(model, list(factors.values())))
-        return op
+    _factors = staticmethod(ekfac_factors)
+    _block = staticmethod(ekfac_block)
 
 
 def diagonal_approximation(op: CurvatureOperator) -> DiagonalOperator:
