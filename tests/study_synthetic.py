@@ -1,8 +1,9 @@
 """A synthetic study experiment for the engine's tests (registered as ``X1`` through ``INFOGEOM_STUDY_EXPERIMENTS``).
 
-Cells: ``value/r{i}`` (a seeded number, after ``sleep`` seconds), ``train`` (a resumable "training" loop that
-checkpoints every step in its folder and, with ``crash_at``, kills its own process once at that step) and ``sum``
-(reads the ``value`` cells through ``needs``). Every start of a cell is appended to ``$STUDY_SYNTH_LOG``.
+Cells: ``value/r{i}`` (a seeded number, after ``sleep`` seconds; ``fail`` names one that raises), ``train`` (a
+resumable "training" loop that checkpoints every step in its folder and, with ``crash_at``, kills its own process
+once at that step) and ``sum`` (reads the ``value`` cells through ``needs``). Every start of a cell is appended to
+``$STUDY_SYNTH_LOG``; ``$STUDY_SYNTH_SLEEP``, ``$STUDY_SYNTH_CRASH_AT`` and ``$STUDY_SYNTH_FAIL`` set plan options.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def plan(profile: str, eid: str = "X1", n_values: int | None = None, sleep: floa
     n = n_values if n_values is not None else (4 if profile == "quick" else 6)
     sleep = float(os.environ.get("STUDY_SYNTH_SLEEP", sleep))
     crash_at = os.environ.get("STUDY_SYNTH_CRASH_AT", crash_at)
+    fail = os.environ.get("STUDY_SYNTH_FAIL", fail)
     values = [Cell(eid, f"value/r{i}", "study_synthetic:run_value",
                    {"name": f"value/r{i}", "n": 5, "sleep": sleep, "fail": fail == f"value/r{i}"},
                    replicate=i, priority=0 if i < 2 else 1, est_seconds=2.0 + sleep) for i in range(n)]

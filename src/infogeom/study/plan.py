@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .. import __version__
+from ..data.cache import sha256_hex
 from ..errors import InfogeomError
 from .cache import CellStore
-from .spec import Cell, Experiment
+from .spec import Cell, Experiment, canonical_json
 
 PROFILES = ("quick", "full")
 #: fixed cost of a run besides its cells (starting workers, analysis, report), seconds on the reference machine
@@ -117,6 +118,22 @@ def _check(exp: Experiment, cells: list[Cell]) -> None:
         visit(n)
 
 
+def _keys(cells: list[Cell], seed: int) -> dict[str, str]:
+    """Each cell's cache key; a cell that needs others hashes their keys too, so it is recomputed when they change."""
+    by_name, keys = {c.name: c for c in cells}, {}
+
+    def key(name: str) -> str:
+        if name not in keys:
+            c = by_name[name]
+            inputs = sha256_hex(canonical_json({n: key(n) for n in c.needs})) if c.needs else ""
+            keys[name] = c.key(__version__, data_hash=inputs, study_seed=seed)
+        return keys[name]
+
+    for c in cells:
+        key(c.name)
+    return keys
+
+
 def make_plan(experiments: dict[str, Experiment], profile: str, seed: int, jobs: int, slowdown: float,
               store: CellStore, budget_minutes: float | None = None) -> Plan:
     """Plan every cell of ``experiments`` for ``profile``; mark cached cells done; apply the budget."""
@@ -126,10 +143,10 @@ def make_plan(experiments: dict[str, Experiment], profile: str, seed: int, jobs:
     for exp in experiments.values():
         cells = list(exp.plan(profile))
         _check(exp, cells)
+        keys = _keys(cells, seed)
         for c in cells:
-            key = c.key(__version__, study_seed=seed)
-            plan.cells.append(PlannedCell(c, key, c.seed(seed), c.est_seconds * slowdown,
-                                          "done" if store.done(key) else "todo"))
+            plan.cells.append(PlannedCell(c, keys[c.name], c.seed(seed), c.est_seconds * slowdown,
+                                          "done" if store.done(keys[c.name]) else "todo"))
     if budget_minutes is not None:
         apply_budget(plan, budget_minutes * 60.0)
     return plan

@@ -1,8 +1,8 @@
 """Registry of the study's experiments by id (``E1`` …); each module defines ``EXPERIMENT``.
 
 ``MODULES`` maps an id to a module of this package (``"e1"``) or, if there is no such module, to an absolute
-module path (``"mypkg.my_experiment"``). More experiments can be added without editing the package through the environment
-variable ``INFOGEOM_STUDY_EXPERIMENTS="X1=mypkg.x1,X2=mypkg.x2"`` (read on every call, so worker processes and
+module path (``"mypkg.my_experiment"``). More experiments can be added without editing the package through the
+environment variable ``INFOGEOM_STUDY_EXPERIMENTS="X1=mypkg.x1,X2=mypkg.x2"`` (read on every call, so
 subprocesses see the same registry) or :func:`register`.
 """
 
