@@ -115,12 +115,16 @@ def test_two_workers_never_run_one_cell(tmp_path, env, monkeypatch):
     monkeypatch.setenv("STUDY_SYNTH_SLEEP", "0.5")
     plan = make_plan({"X1": synth.EXPERIMENT}, "quick", 0, 2, 1.0, CellStore(tmp_path))
     job = job_of(plan, plan.cells[0], tmp_path)
-    got = []
+    got, store = [], CellStore(tmp_path)
     threads = [threading.Thread(target=lambda: got.append(run_cell(job))) for _ in range(2)]
+    assert not store.running(job["key"])
     for t in threads:
         t.start()
+    _wait(lambda: bool(starts(env)), 30, "the cell to start")
+    assert store.running(job["key"])  # what --status reports as running
     for t in threads:
         t.join()
+    assert not store.running(job["key"])
     assert starts(env) == ["value/r0"]  # the second waited on the lock, then found the result
     assert sorted(g["cached"] for g in got) == [False, True]
 
