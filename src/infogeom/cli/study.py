@@ -92,7 +92,7 @@ def _print_status(plan, store) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..study.cache import CellStore, open_study, read_manifest
+    from ..study.cache import CellStore, open_study, read_manifest, write_json
     from ..study.calibrate import CALIBRATION, slowdown
     from ..study.executors import make_executor
     from ..study.experiments import experiments
@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         if pc.status == "done":
             store.result(pc.key, pc.label)
     _print_plan(plan)
+    write_json(out / "plan.json", plan.to_json())
     executor = make_executor(args.executor, args.jobs, args.ray_address, args.retries)
     summary = run_plan(plan, executor, out, progress=not args.no_progress)
     index = build_report(plan, out, summary, args.self_contained)
