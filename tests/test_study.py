@@ -297,12 +297,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def ray_head(tmp_path):
+def ray_head(tmp_path, monkeypatch):
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'infogeom[ray]')")
     ray_bin = Path(sys.executable).with_name("ray")
     if not ray_bin.exists():
         pytest.skip(f"no ray command next to {sys.executable}")
     port = _free_port()
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a token in ~/.ray (from another Ray run) must not lock us out
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)]), "RAY_USAGE_STATS_ENABLED": "0"}
     temp = Path("/tmp") / f"ray-{os.getpid()}"  # Ray's socket paths must stay short
     cmd = [str(ray_bin), "start", "--head", "--num-cpus", "2", "--port", str(port), "--include-dashboard=false",
