@@ -30,7 +30,8 @@ class Cell:
     ``fn`` is the dotted path ``module:function`` of ``run(params, seed, workdir, inputs) -> dict``; ``params`` holds
     everything that determines the result; ``needs`` names cells of the same experiment whose results (and folders)
     this one reads; ``priority``: lower is more important (a budget drops the highest first); ``est_seconds``: cost
-    on the reference quiet 2-core machine with one torch thread.
+    on the reference quiet 2-core machine with one torch thread; ``num_cpus``/``num_gpus``: resources the cell
+    asks of the executor (Ray schedules on them; they do not change the result, so they are not hashed).
     """
 
     experiment: str
@@ -41,11 +42,15 @@ class Cell:
     priority: int = 0
     est_seconds: float = 1.0
     needs: tuple[str, ...] = ()
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
 
-    def key(self, version: str, data_hash: str = "") -> str:
-        """sha256 of the cell's content (experiment, name, fn, params, replicate) and the code/data versions."""
+    def key(self, version: str, data_hash: str = "", study_seed: int = 0) -> str:
+        """sha256 of the cell's content (experiment, name, fn, params, replicate), its seed and the code/data
+        versions: a different study seed or infogeom version never reuses a cached result."""
         payload = canonical_json(
             {
+                "seed": self.seed(study_seed),
                 "experiment": self.experiment,
                 "name": self.name,
                 "fn": self.fn,
