@@ -6,7 +6,7 @@ import importlib
 
 from ..spec import Experiment
 
-MODULES: dict[str, str] = {}
+MODULES: dict[str, str] = {"E1": "e1", "E2": "e2", "E5": "e5"}
 
 
 def experiments() -> dict[str, Experiment]:
