@@ -39,7 +39,7 @@ C_GD = (0.5, 1.5, 4.0)
 PASS = (0.9, 1.2)
 FRACTIONS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)
 PROFILES = {
-    "quick": {"size": "19.6k", "batch": 4, "block": 32, "steps": 40, "every": 8, "seeds": 1,
+    "quick": {"size": "19.6k", "batch": 4, "block": 32, "steps": 80, "every": 8, "seeds": 2,
               "phase_steps": 60, "k_top": 4, "probes": 4, "slq_steps": 16},
     "full": {"size": "66.8k", "batch": 8, "block": 64, "steps": 200, "every": 10, "seeds": 2,
              "phase_steps": 600, "k_top": 20, "probes": 16, "slq_steps": 48},
@@ -174,19 +174,21 @@ def plan(profile: str) -> list[Cell]:
     p = PROFILES[profile]
     shared = {k: p[k] for k in ("size", "batch", "block")}
     cells = []
-    per_measure = 0.6 if profile == "quick" else 1.0  # measured: one warm-started λ_max on the quick batch
+    per_measure = 0.25 if profile == "quick" else 1.0  # measured: one warm-started λ_max on the quick batch
     eos_est = 1.0 + (p["steps"] // p["every"]) * per_measure + p["steps"] * 0.01
     for r in range(p["seeds"]):
         pk = {"pair_key": "e2/eos"}
         pilot = f"e2/pilot/r{r}"
-        cells.append(Cell("E2", pilot, FN + "run_pilot", {**shared, **pk}, replicate=r, est_seconds=2.0 if profile == "quick" else 4.0))
-        arms = [("gd", {"c": c}) for c in C_GD] + [("gdm", {"c": C_GD[1]})] + [("adam", {"lr": lr}) for lr in ADAM_LRS]
+        cells.append(Cell("E2", pilot, FN + "run_pilot", {**shared, **pk}, replicate=r,
+                          est_seconds=2.0 if profile == "quick" else 4.0))
+        arms = [("gd", {"c": c}) for c in C_GD] + [("gdm", {"c": C_GD[1]})] + [("adam", {"lr": lr})
+                                                                               for lr in ADAM_LRS]
         for arm, extra in arms:
             label = f"c={extra['c']:g}" if "c" in extra else f"lr={extra['lr']:g}"
             cells.append(Cell("E2", f"e2/eos/{arm}/{label}/r{r}", FN + "run_eos",
                               {**shared, **pk, **extra, "arm": arm, "steps": p["steps"], "every": p["every"]},
                               replicate=r, priority=1 if r < 2 else 3,
-                              est_seconds=eos_est * (1.6 if arm == "adam" else 1.0),
+                              est_seconds=eos_est * (1.2 if arm == "adam" else 1.0),
                               needs=(pilot,) if arm != "adam" else ()))
     train = "e2/phases/train"
     cells.append(Cell("E2", train, FN + "run_phase_train", {"size": p["size"], "steps": p["phase_steps"]},
@@ -220,13 +222,14 @@ def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
     arms: dict[str, list[float]] = {}
     if eos:
         fig, ax = plt.subplots(figsize=(7, 4))
-        labels = []
+        labels: list[str] = []
+        order = sorted({" ".join(x.name.split("/")[2:4]) for x, _ in eos})
         for c, r in eos:
             arm = c.name.split("/")[2] + " " + c.name.split("/")[3]
             if not r["diverged"]:
                 arms.setdefault(arm, []).append(r["median_ratio_second_half"])
             if r["records"]:
-                color = f"C{sorted({x.name.split('/')[2] + x.name.split('/')[3] for x, _ in eos}).index(arm.replace(' ', ''))}"
+                color = f"C{order.index(arm)}"
                 ax.plot([x["step"] for x in r["records"]], [x["ratio"] for x in r["records"]], marker=".",
                         color=color, label=arm if arm not in labels else None, alpha=0.8)
                 labels.append(arm)

@@ -38,7 +38,7 @@ FN = "infogeom.study.experiments.e5:"
 OPERATORS = ("H", "F", "EF", "KFAC", "EKFAC")
 PROFILES = {
     "quick": {"sizes": ["19.6k"], "steps": 60, "probes": 2, "slq_steps": 24, "batch": 4, "block": 64,
-              "control": {"size": "19.6k", "steps": 60, "seeds": 1, "batch": 16, "block": 64}},
+              "control": {"size": "19.6k", "steps": 150, "seeds": 2, "batch": 16, "block": 64}},
     "full": {"sizes": ["114k", "356k", "820k"], "steps": 400, "probes": 4, "slq_steps": 64, "batch": 8,
              "block": 64, "control": {"size": "114k", "steps": 400, "seeds": 3, "batch": 16, "block": 64}},
 }
