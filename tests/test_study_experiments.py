@@ -188,3 +188,11 @@ def test_plans_are_consistent_and_within_budget(eid):
             assert callable(getattr(importlib.import_module(mod), fn))
             json.dumps(c.params)
         assert sum(c.est_seconds for c in cells) <= budget[eid]
+
+
+def test_time_to_target_interpolates():
+    from infogeom.study.experiments.common import time_to_target
+
+    curve = [(0.0, 0, 4.0), (2.0, 10, 3.0), (4.0, 20, 2.0)]
+    assert time_to_target(curve, 2.5) == (15.0, 3.0)
+    assert time_to_target(curve, 5.0) == (0.0, 0.0) and time_to_target(curve, 1.0) is None

@@ -262,8 +262,8 @@ def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
         for ax, k in zip(axes.flat, keys):
             ax.plot(x, [r[k] for r in phases], marker="o")
             ax.set(xscale="log", yscale="log" if k != "grad_overlap_topk" else "linear",
-                   xlabel="fraction of training steps (0 plotted at 0.003)", ylabel=k, title=k)
-        fig.suptitle("E2: curvature scalars vs training phase")
+                   xlabel="fraction of training", ylabel=k, title=k)
+        fig.suptitle("E2: curvature scalars vs training phase (fraction 0 plotted at 0.003)")
         figures.append((savefig(fig, figdir, "e2_phases.png"), "Fisher/Hessian scalars at fixed fractions of one "
                         "AdamW training run (damping λ = 1e-3 for d_eff and the condition number)."))
         tables.append(("Training phases", ["fraction", "loss"] + keys,

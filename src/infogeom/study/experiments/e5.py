@@ -44,7 +44,7 @@ PROFILES = {
 }
 CONTROL_LRS = {"adamw": 1e-2, "sgd": 0.3}
 #: estimated seconds per training step (1k tokens) and per curvature product (512 tokens), quiet 2-core CPU
-STEP_S = {"19.6k": 0.03, "66.8k": 0.02, "114k": 0.025, "356k": 0.04, "820k": 0.1}
+STEP_S = {"19.6k": 0.015, "66.8k": 0.02, "114k": 0.025, "356k": 0.04, "820k": 0.1}
 MATVEC_S = {"19.6k": 0.02, "66.8k": 0.03, "114k": 0.04, "356k": 0.06, "820k": 0.1}
 
 
@@ -147,7 +147,7 @@ def plan(profile: str) -> list[Cell]:
     for size in p["sizes"]:
         train = f"e5/train/{size}"
         cells.append(Cell("E5", train, FN + "run_train", {"size": size, "steps": p["steps"]}, priority=1,
-                          est_seconds=1.5 + STEP_S[size] * p["steps"]))
+                          est_seconds=3.0 + STEP_S[size] * p["steps"]))
         cells.append(Cell("E5", f"e5/spectra/{size}", FN + "run_spectra",
                           {"size": size, "probes": p["probes"], "slq_steps": p["slq_steps"], "batch": p["batch"],
                            "block": p["block"], "pair_key": "e5/spectra"}, priority=1,
