@@ -196,3 +196,31 @@ def test_time_to_target_interpolates():
     curve = [(0.0, 0, 4.0), (2.0, 10, 3.0), (4.0, 20, 2.0)]
     assert time_to_target(curve, 2.5) == (15.0, 3.0)
     assert time_to_target(curve, 5.0) == (0.0, 0.0) and time_to_target(curve, 1.0) is None
+
+
+def test_phase_cells_train_resume_and_measure(tmp_path):
+    """The phase training cell checkpoints at its fractions and resumes; a measurement cell reads a checkpoint."""
+    train_dir = tmp_path / "train"
+    res = e2.run_phase_train({"size": "19.6k", "steps": 10}, 0, train_dir, {})
+    assert {f"ckpt_{s:08d}.pt" for s in e2.phase_steps(10)} <= set(res["checkpoints"])
+    again = e2.run_phase_train({"size": "19.6k", "steps": 10}, 0, train_dir, {})  # done: resumes, no steps
+    assert again["final_val_loss"] == res["final_val_loss"]
+    params = {"size": "19.6k", "batch": 2, "block": 16, "step": 3, "fraction": 0.3, "damping": 1e-3, "k_top": 2,
+              "probes": 2, "slq_steps": 6}
+    out = e2.run_phase_measure(params, 0, tmp_path / "m", {"t": {"result": res, "dir": str(train_dir)}})
+    assert out["lambda_max_H"] >= 0 and 0 <= out["grad_overlap_topk"] <= 1 + 1e-6
+    assert 0 < out["d_eff"] <= out["params"] and out["tr_F"] > 0 and out["cond_damped"] >= 1
+    json.dumps(out)
+
+
+def test_e5_cells_tiny(tmp_path):
+    res = e5.run_train({"size": "19.6k", "steps": 3}, 0, tmp_path / "t", {})
+    out = e5.run_spectra({"size": "19.6k", "probes": 1, "slq_steps": 6, "batch": 2, "block": 16}, 0,
+                         tmp_path / "s", {"t": {"result": res, "dir": str(tmp_path / "t")}})
+    assert set(out["densities"]) == set(e5.OPERATORS)
+    assert out["densities"]["F"]["negative_mass"] < 1e-6 <= out["blocks_head"]["heterogeneity"] + 1e-6
+    for arch in ("gpt", "mlp"):
+        c = e5.run_control({"arch": arch, "optimizer": "adamw", "size": "19.6k", "steps": 3, "batch": 4,
+                            "block": 16}, 0, tmp_path / arch, {})
+        assert math.isfinite(c["val_loss"]) and c["heterogeneity"] >= 0
+    json.dumps(out)

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     from . import MODULES
 
     p = argparse.ArgumentParser(description="run one experiment's plan sequentially and write its section")
-    p.add_argument("experiment")
+    p.add_argument("experiment", choices=sorted(MODULES))
     p.add_argument("out", type=Path)
     p.add_argument("--full", action="store_true")
     args = p.parse_args(argv)

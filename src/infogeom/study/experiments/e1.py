@@ -339,9 +339,12 @@ def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
     # steps to target per (model, optimizer, κ)
     steps: dict[tuple[str, str, str], list[float]] = {}
     kl: dict[tuple[str, str, str], list[float]] = {}
+    angle: dict[tuple[str, str], list[float]] = {}
     caps: dict[str, int] = {}
     for c, r in toy_rows:
         cap = caps[c.params["model"]] = int(c.params.get("max_steps", TOY[c.params["model"]]["max_steps"]))
+        if r.get("angle_to_ng") is not None:
+            angle.setdefault((c.params["model"], c.params["optimizer"]), []).append(r["angle_to_ng"])
         for k in ks:
             key = (c.params["model"], c.params["optimizer"], k)
             steps.setdefault(key, []).append(_steps(r["kappa"][k]["steps_to_target"], cap))
@@ -369,10 +372,12 @@ def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
             for opt in TOY_OPTIMIZERS:
                 if (m, opt, ks[0]) in steps:
                     rows.append([m, opt] + [f"{np.median(steps[(m, opt, k)]):.0f}" for k in ks]
-                                + [f"{max(kl[(m, opt, k)][i] for k in ks for i in range(len(kl[(m, opt, k)]))):.2e}"])
+                                + [f"{max(kl[(m, opt, k)][i] for k in ks for i in range(len(kl[(m, opt, k)]))):.2e}",
+                                   f"{np.median(angle.get((m, opt), [math.nan])):.1f}"])
         tables.append(("Worked examples: median steps to target per κ(A), and the largest KL between the θ- and "
-                       "φ-path predictions over the first 10 steps", ["model", "optimizer"] +
-                       [f"κ={k}" for k in ks] + ["max KL"], rows))
+                       "φ-path predictions over the first 10 steps; median angle (°) between the first step and the "
+                       "exact natural gradient (GD: the GD–NG angle)", ["model", "optimizer"] +
+                       [f"κ={k}" for k in ks] + ["max KL", "∠ to NG"], rows))
         numbers["toy"] = {f"{m}/{o}/{k}": {"steps": v, "kl_max": kl[(m, o, k)]} for (m, o, k), v in steps.items()}
 
     def invariance_claim(opt: str, cid: str, text: str, prediction: str, citation: str) -> Claim | None:

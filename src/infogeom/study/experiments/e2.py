@@ -162,7 +162,7 @@ def run_phase_measure(params: dict, seed: int, workdir: Path, inputs: dict) -> d
     grad = H.gradient
     overlap = float((top_h.vectors.T @ grad).pow(2).sum() / grad.pow(2).sum())
     return {
-        "step": params["step"], "fraction": params["fraction"], "loss": float(H.loss), "params": F.dim,
+        "step": params["step"], "fraction": params["fraction"], "loss": float(H.loss.detach()), "params": F.dim,
         "tr_F": hutchinson(F, params["probes"], g).value, "tr_EF": hutchinson(EF, params["probes"], g).value,
         "tr_KFAC": float(K.trace()), "lambda_max_H": float(top_h.values[0]), "lambda_max_F": float(top_f.values[0]),
         "d_eff": d_eff, "damping": lam, "cond_damped": (float(top_f.values[0]) + lam) / (lmin + lam),

@@ -190,6 +190,11 @@ def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
                         "SLQ spectral densities of the Hessian, Fisher, empirical Fisher, K-FAC and EK-FAC."))
         tables.append(("Spectra: λ_max, 90% quantile, outlier ratio and negative mass per operator",
                        ["model", "operator", "λ_max", "q90", "λ_max/q90", "negative mass"], rows))
+        tables.append(("Block spectra of H: heterogeneity (mean pairwise JS distance) and the blocks' λ_max range",
+                       ["model", "granularity", "blocks", "heterogeneity", "λ_max min … max"],
+                       [[s["size"], g, str(len(s[f"blocks_{g}"]["names"])), f"{s[f'blocks_{g}']['heterogeneity']:.3f}",
+                         f"{min(s[f'blocks_{g}']['lambda_max']):.3g} … {max(s[f'blocks_{g}']['lambda_max']):.3g}"]
+                        for s in spectra for g in ("head", "sublayer")]))
         ratio = [s["densities"]["H"]["outlier_ratio"] for s in spectra]
         neg = [s["densities"]["H"]["negative_mass"] for s in spectra]
         claims.append(Claim("E5.1", "The Hessian spectrum is a bulk near zero plus outliers",
