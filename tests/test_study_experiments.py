@@ -25,6 +25,14 @@ def test_logistic_fisher_closed_form():
     F = FisherOperator(model, (x, y)).to_dense()
     closed = toy.logistic_fisher(model[1].weight[0].detach(), x[:, 0])
     torch.testing.assert_close(F, closed, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(e1.binary_fisher(model, (x, y)), closed, rtol=1e-12, atol=1e-14)
+
+
+def test_binary_fisher_of_reparameterized_mlp():
+    model, batch = e1.toy_problem("mlp", 3, 80)
+    phi = toy.Reparam(model, 10.0, torch.Generator().manual_seed(1)).apply(model)
+    torch.testing.assert_close(e1.binary_fisher(phi, batch), FisherOperator(phi, batch).to_dense(), rtol=1e-10,
+                               atol=1e-13)
 
 
 @pytest.mark.parametrize("name", ["logreg", "mlp", "bigram"])
