@@ -41,8 +41,8 @@ FRACTIONS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)
 PROFILES = {
     "quick": {"size": "19.6k", "batch": 4, "block": 32, "steps": 80, "every": 8, "seeds": 2,
               "phase_steps": 60, "k_top": 4, "probes": 4, "slq_steps": 16},
-    "full": {"size": "66.8k", "batch": 8, "block": 64, "steps": 200, "every": 10, "seeds": 2,
-             "phase_steps": 600, "k_top": 20, "probes": 16, "slq_steps": 48},
+    "full": {"size": "66.8k", "batch": 8, "block": 64, "steps": 150, "every": 10, "seeds": 2,
+             "phase_steps": 600, "k_top": 10, "probes": 8, "slq_steps": 32},
 }
 ADAM_LRS = (1e-3, 3e-3)
 
@@ -192,12 +192,12 @@ def plan(profile: str) -> list[Cell]:
                               needs=(pilot,) if arm != "adam" else ()))
     train = "e2/phases/train"
     cells.append(Cell("E2", train, FN + "run_phase_train", {"size": p["size"], "steps": p["phase_steps"]},
-                      priority=2, est_seconds=2.0 + 0.015 * p["phase_steps"] * (1 if profile == "quick" else 3)))
+                      priority=2, est_seconds=2.0 + 0.015 * p["phase_steps"] * (1 if profile == "quick" else 4)))
     for f, s in zip(FRACTIONS, [int(round(f * p["phase_steps"])) for f in FRACTIONS]):
         cells.append(Cell("E2", f"e2/phases/measure/{f:g}", FN + "run_phase_measure",
                           {**shared, "step": s, "fraction": f, "damping": 1e-3, "k_top": p["k_top"],
                            "probes": p["probes"], "slq_steps": p["slq_steps"], "pair_key": "e2/phases"},
-                          priority=2, est_seconds=2.0 if profile == "quick" else 10.0, needs=(train,)))
+                          priority=2, est_seconds=2.0 if profile == "quick" else 30.0, needs=(train,)))
     return cells
 
 
