@@ -37,6 +37,7 @@ import torch.nn as nn
 from infogeom.errors import InfogeomError
 from infogeom.optim import register_optimizer
 from infogeom.optim.params import adamw_groups
+from infogeom.study.experiments.common import time_to_target
 from infogeom.train import TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results"
@@ -92,20 +93,6 @@ class Run:
 
     def to_target(self, target: float) -> tuple[float, float] | None:
         return time_to_target(self.curve, target)
-
-
-def time_to_target(curve: list[tuple[float, int, float]], target: float) -> tuple[float, float] | None:
-    """(steps, seconds) at which a (seconds, step, val loss) curve first reaches ``target``: linear
-    interpolation between the last evaluation above it and the first at or below it."""
-    prev = None
-    for t, s, v in curve:
-        if v <= target:
-            if prev is None:
-                return float(s), t
-            w = (prev[2] - target) / (prev[2] - v)
-            return prev[1] + w * (s - prev[1]), prev[0] + w * (t - prev[0])
-        prev = (t, s, v)
-    return None
 
 
 def run_one(name: str, lr: float, options: dict, args, workdir: Path) -> Run:

@@ -15,7 +15,7 @@ import os
 from ...errors import InfogeomError
 from ..spec import Experiment
 
-MODULES: dict[str, str] = {}
+MODULES: dict[str, str] = {"E1": "e1", "E2": "e2", "E5": "e5"}
 ENV_VAR = "INFOGEOM_STUDY_EXPERIMENTS"
 
 
