@@ -285,9 +285,10 @@ def generalized_eigsh(
     generator: torch.Generator | None = None,
     residuals: bool = True,
     progress: bool = False,
+    v0: torch.Tensor | None = None,
 ) -> EigenResult:
     """Top-k eigenpairs of the pencil A v = θ (B + δI) v, δ = ``damping``, B + δI symmetric positive
-    definite.
+    definite; ``v0``: a start vector (e.g. the previous top eigenvector, a warm start).
 
     Lanczos on S = (B + δI)⁻¹A, which is self-adjoint in ⟨u, v⟩_{B+δI}: each step costs one A product, one
     (B + δI) product and one ``B.solve(·, damping)`` (exact for diagonal/dense/K-FAC operators, CG with
@@ -317,7 +318,7 @@ def generalized_eigsh(
         max_matvecs,
         generator,
         metric,
-        None,
+        v0,
         progress,
     )
     if residuals:

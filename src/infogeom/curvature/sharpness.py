@@ -171,6 +171,7 @@ def optimizer_sharpness(
     tol: float = 1e-3,
     generator: torch.Generator | None = None,
     batch: Batch | None = None,
+    return_vector: bool = False,
     **kwargs,
 ) -> dict:
     """The optimizer's own preconditioned sharpness next to its edge of stability.
@@ -179,14 +180,18 @@ def optimizer_sharpness(
     and S = ⊕ P_i c_i/η_i, ``ratio`` = λ_max(S⁻¹H) by the generalized eigensolver (stable iff < 1) and
     ``sharpness`` = ratio × ``threshold`` (c₀/η₀ of the first part): for a one-part optimizer exactly λ_max(P⁻¹H)
     (λ_max(H) for plain SGD). ``batch``: a curvature batch for optimizers whose metric is not in their state
-    (NGCG)."""
+    (NGCG). ``return_vector``: also return the top eigenvector (``"vector"``, a warm start ``v0=`` for the next
+    call); other keyword arguments go to :func:`~infogeom.curvature.generalized_eigsh`."""
     info = eos_threshold(optimizer)
     if not math.isfinite(info["threshold"]):
         raise InfogeomError("the learning rate is 0: there is no edge of stability")
     S, parts = stability_operator(optimizer, model, hessian.names, batch)
     res = preconditioned_sharpness(hessian, S, tol=tol, generator=generator, **kwargs)
     ratio = float(res.values[0])
-    return {**info, "sharpness": ratio * info["threshold"], "ratio": ratio, "converged": res.converged,
-            "matvecs": res.matvecs,
-            "parts": [{"kind": q.kind, "lr": q.lr, "factor": q.factor, "threshold": q.threshold,
-                       "parameters": q.operator.dim} for q in parts]}
+    out = {**info, "sharpness": ratio * info["threshold"], "ratio": ratio, "converged": res.converged,
+           "matvecs": res.matvecs,
+           "parts": [{"kind": q.kind, "lr": q.lr, "factor": q.factor, "threshold": q.threshold,
+                      "parameters": q.operator.dim} for q in parts]}
+    if return_vector:
+        out["vector"] = res.vectors[:, 0].detach()
+    return out

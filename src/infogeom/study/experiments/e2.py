@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...curvature import eigsh, eos_threshold, hutchinson, lanczos_quadrature, optimizer_sharpness
+from ...curvature import eigsh, hutchinson, lanczos_quadrature, optimizer_sharpness
 from ...data import prepare_data
 from ...geometry import FisherOperator, HessianOperator, KFACOperator
-from ...geometry.operator import rademacher
 from ...models.gpt import lm_loss
+from ...operators import rademacher
 from ...optim import build_optimizer
 from ...train.checkpoint import checkpoint_path
 from ...train.modeling import build_model
@@ -66,16 +66,11 @@ def fixed_batch(batch: int, block: int, seed: int) -> tuple[torch.Tensor, torch.
 def sharpness_of(model: torch.nn.Module, batch, optimizer: torch.optim.Optimizer, v0: torch.Tensor | None,
                  tol: float = 1e-3) -> tuple[dict, torch.Tensor | None]:
     """The optimizer's sharpness and threshold (``{'sharpness', 'threshold', 'ratio', 'kind'}``) and the new warm
-    start. The one place E2 asks an optimizer for its preconditioned sharpness (λ₁(P⁻¹H) for Adam-type states,
-    λ_max(H) otherwise)."""
+    start: λ₁(P⁻¹H) with P = the optimizer's own preconditioner (I for GD/heavy ball, Adam's diagonal, …) by the
+    generalized Lanczos solver started from ``v0``, the one place E2 asks an optimizer for its sharpness."""
     H = HessianOperator(model, batch)
-    info = eos_threshold(optimizer)
-    if info["kind"] == "adam":
-        return optimizer_sharpness(H, optimizer, model, tol=tol), None
-    res = eigsh(H, k=1, tol=tol, v0=v0)
-    value = float(res.values[0])
-    return {**info, "sharpness": value, "ratio": value / info["threshold"], "matvecs": res.matvecs}, \
-        res.vectors[:, 0].detach()
+    info = optimizer_sharpness(H, optimizer, model, tol=tol, v0=v0, residuals=False, return_vector=True)
+    return info, info.pop("vector")
 
 
 def run_pilot(params: dict, seed: int, workdir: Path, inputs: dict) -> dict:
