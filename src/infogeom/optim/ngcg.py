@@ -34,7 +34,7 @@ from .params import adamw_groups
 from .preconditioner import Preconditioned, PreconditionerPart, group_lr
 from .registry import register_optimizer
 from .safety import all_finite, warn_skip
-from .step import closure_loss
+from .step import closure_loss, decoupled_update_
 
 
 def _mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
@@ -131,11 +131,9 @@ class NaturalGradientCG(Preconditioned, Optimizer):
         st.update(step_damping=damping, nu=nu)
         stats = torch.stack([op.loss, op.gradient @ s + 0.5 * nu ** 2 * quad])
         old = [p.detach().clone() for p in self._params]
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-        for p, step in zip(self._params, unflatten(s, shapes)):
-            p.add_(step.to(p.dtype))
+        groups = {id(p): g for g in self.param_groups for p in g["params"]}
+        for p, direction in zip(self._params, unflatten(-nu * delta, shapes)):  # s = −η·direction per group
+            decoupled_update_(p, direction, groups[id(p)]["lr"], groups[id(p)]["weight_decay"])
         with curvature_mode(self.model):
             new_loss = lm_loss(self.model(x), y)
         stats = torch.cat([stats, new_loss[None].to(stats.dtype)])
