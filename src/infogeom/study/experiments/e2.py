@@ -111,10 +111,11 @@ def run_eos(params: dict, seed: int, workdir: Path, inputs: dict) -> dict:
             break
         model.train()
         loss = lm_loss(model(batch[0]), batch[1])
-        if not math.isfinite(float(loss)):
+        value = loss.item()
+        if not math.isfinite(value):
             diverged = True
             break
-        losses.append(float(loss))
+        losses.append(value)
         opt.zero_grad()
         loss.backward()
         opt.step()
