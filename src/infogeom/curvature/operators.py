@@ -38,6 +38,22 @@ class RestrictedOperator(CurvatureOperator):
         return self.op.matmat(full)[self.index]
 
 
+class CountedOperator(CurvatureOperator):
+    """``op`` unchanged, counting its products (``products``: columns multiplied) and advancing an optional
+    progress bar (anything with ``update(n)``, e.g. tqdm) by the columns of each product."""
+
+    def __init__(self, op: CurvatureOperator, bar=None):
+        self.op, self.bar, self.products = op, bar, 0
+        self.names, self.shapes, self.dtype, self.device = op.names, op.shapes, op.dtype, op.device
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        out = self.op.matmat(V)
+        self.products += V.shape[1]
+        if self.bar is not None:
+            self.bar.update(V.shape[1])
+        return out
+
+
 def parameter_index(op: CurvatureOperator, names: Sequence[str]) -> torch.Tensor:
     """Flat coordinates of whole parameter tensors ``names`` in ``op``'s flat vector."""
     offsets, start = {}, 0
