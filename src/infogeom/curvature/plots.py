@@ -116,3 +116,40 @@ def plot_landscape(slice_: LandscapeSlice, path: str | Path, title: str = "") ->
         ax.legend()
     ax.set_title(_titled(title, what))
     return save_figure(fig, path)
+
+
+# Panels of the monitor figure: (title, y label, [(metric, its standard error or None, legend label)]).
+MONITOR_PANELS = (
+    ("top Hessian eigenvalue", "λ_max (nats/token per unit²)", [("lambda_max", None, "λ_max(H), Lanczos")]),
+    ("traces", "trace (nats/token per unit²)", [("hessian_trace", "hessian_trace_se", "tr H (Hutchinson)"),
+                                                 ("fisher_trace", "fisher_trace_se", "tr F (Hutchinson)")]),
+    ("preconditioned sharpness", "λ_max(P⁻¹H)", [("precond_sharpness", None, "optimizer's λ_max(P⁻¹H)"),
+                                                 ("eos_threshold", None, "edge-of-stability threshold")]),
+    ("gradient noise scale", "batch size (sequences)", [("b_simple", None, "B_simple"), ("b_noise", None, "B_noise")]),
+    ("generalization gap", "loss (nats/token)", [("gap", None, "val − train loss on the probe batches")]),
+)
+
+
+def plot_monitor(records: list[dict], path: str | Path, prefix: str = "curv/", title: str = "") -> Path:
+    """The :class:`~infogeom.curvature.CurvatureMonitor` series of ``records`` (metrics.jsonl) against the
+    step, one panel per family it logged; traces with ±2 SE bands. Also ``.svg``."""
+    panels = [(t, y, [c for c in curves if any(prefix + c[0] in r for r in records)])
+              for t, y, curves in MONITOR_PANELS]
+    panels = [p for p in panels if p[2]]
+    fig = new_figure(4.2 * len(panels), 3.8)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, ylabel, curves) in zip(axes, panels):
+        for (key, se_key, label), style in zip(curves, curve_styles(len(curves))):
+            rows = [r for r in records if prefix + key in r]
+            steps = [r["step"] for r in rows]
+            values = torch.tensor([float(r[prefix + key]) for r in rows])
+            ax.plot(steps, values, marker="o", ms=3, label=label, **style)
+            if se_key is not None and all(prefix + se_key in r for r in rows):
+                se = torch.tensor([float(r[prefix + se_key]) for r in rows])
+                ax.fill_between(steps, values - 2 * se, values + 2 * se, alpha=0.2, color=style["color"],
+                                label=f"{label} ± 2 SE")
+        ax.set(title=name, xlabel="training step", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=11)
+    return save_figure(fig, path)
