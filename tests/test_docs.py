@@ -63,7 +63,8 @@ def parse_blocks(text: str) -> list[Block]:
 def _environment(bin_dir: Path) -> dict:
     """PATH with ``infogeom`` and ``python`` of this interpreter and checkout first."""
     bin_dir.mkdir(exist_ok=True)
-    for name, body in (("infogeom", f'exec "{sys.executable}" -m infogeom "$@"'), ("python", f'exec "{sys.executable}" "$@"')):
+    scripts = {"infogeom": f'exec "{sys.executable}" -m infogeom "$@"', "python": f'exec "{sys.executable}" "$@"'}
+    for name, body in scripts.items():
         script = bin_dir / name
         script.write_text(f"#!/bin/sh\n{body}\n")
         script.chmod(script.stat().st_mode | stat.S_IEXEC)
@@ -71,6 +72,7 @@ def _environment(bin_dir: Path) -> dict:
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["MPLBACKEND"] = "Agg"
+    env.setdefault("OMP_NUM_THREADS", "1")  # one intra-op thread per test worker, as in conftest.py
     return env
 
 
