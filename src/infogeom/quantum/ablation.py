@@ -189,16 +189,16 @@ def plot_curves(result: dict, path) -> None:
                 continue
             mean = v.mean(0)
             std = v.std(0) if n > 1 else torch.zeros_like(mean)
-            axis.plot(steps, mean, lw=1.5, label=f"{label} (mean of {n} seed{'s' * (n > 1)})", **style)
-            axis.fill_between(steps, mean - std, mean + std, alpha=0.2, color=style["color"],
-                              label=f"{label}: ± std over {n} seeds" if n > 1 else None)
+            axis.plot(steps, mean, lw=1.5, label=label, **style)
+            axis.fill_between(steps, mean - std, mean + std, alpha=0.2, color=style["color"])
     ax_d.axhline(0, color="k", lw=0.8)
     ax.set(xlabel="training step", ylabel="validation loss (nats/char)", title="validation loss")
     ax_d.set(xlabel="training step", ylabel=f"Δ validation loss vs {arms[0]} (nats/char)",
              title=f"paired difference to {arms[0]} (same seeds; < 0 = better)")
+    n = len(curves[arms[0]])
     for axis in (ax, ax_d):
         axis.grid(alpha=0.3)
-        axis.legend()
-    fig.suptitle(f"hybrid {cfg['task']} LM on {cfg['corpus']}: {cfg['n_qubits']} qubits × {cfg['n_layers']} "
-                 f"layers, {cfg['steps']} steps", fontsize=11)
+        axis.legend(title=f"line: mean over {n} seeds; band: ± std" if n > 1 else "1 seed")
+    fig.suptitle(f"hybrid {cfg['task']} LM on {cfg['corpus']}: {cfg['n_qubits']} qubits, {cfg['n_layers']}-layer "
+                 f"ansatz, {cfg['steps']} steps", fontsize=11)
     save_figure(fig, path)
