@@ -3,9 +3,10 @@
 Every item of :func:`~infogeom.curvature.analysis.analyze` costs (operator products) × (seconds per product)
 or (loss evaluations) × (seconds per evaluation). :func:`calibrate` times one product at each candidate
 thread count (all available cores, and one) and keeps the fastest: on a CPU shared with other jobs, intra-op
-threads that wait for a busy core make every product several times slower (measured on the 2-core dev
-machine with one core busy: 1.65 s per Hessian-vector product with 2 threads, 0.48 s with 1 thread, 0.32 s
-with 2 threads when quiet), so the count is measured, not assumed. :func:`plan` then splits the budget:
+threads that wait for a busy core make every product many times slower (default 0.8M-parameter model,
+batch 8×128, on the 2-core dev machine: 0.32 s per Hessian-vector product on 2 quiet threads, 0.52 s on 1;
+with one core busy 1.65 s on 2 threads but 0.48 s on 1; at load ≈ 5, 17 s on 2 threads but 1.1 s on 1 — the
+cause of the 10–13× slower curvature runs on a loaded machine), so the count is measured, not assumed. :func:`plan` then splits the budget:
 items with a fixed cost (``eig`` converges in ≈ ``EIG_PRODUCTS`` products, ``noise`` needs B + 1, ``sharpness``
 ≈ ``SHARPNESS_PRODUCTS``) are charged first, and the rest is shared by ``trace``, ``density``, ``blocks`` and
 ``landscape`` in proportion to :data:`WEIGHTS`, each with a floor below which its estimate would say

@@ -132,22 +132,26 @@ MONITOR_PANELS = (
 
 def plot_monitor(records: list[dict], path: str | Path, prefix: str = "curv/", title: str = "") -> Path:
     """The :class:`~infogeom.curvature.CurvatureMonitor` series of ``records`` (metrics.jsonl) against the
-    step, one panel per family it logged; traces with ±2 SE bands. Also ``.svg``."""
+    step, one panel per family it logged; traces with ±2 SE error bars. Also ``.svg``."""
     panels = [(t, y, [c for c in curves if any(prefix + c[0] in r for r in records)])
               for t, y, curves in MONITOR_PANELS]
     panels = [p for p in panels if p[2]]
-    fig = new_figure(4.2 * len(panels), 3.8)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = new_figure(4.6 * cols, 3.6 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     for ax, (name, ylabel, curves) in zip(axes, panels):
         for (key, se_key, label), style in zip(curves, curve_styles(len(curves))):
             rows = [r for r in records if prefix + key in r]
             steps = [r["step"] for r in rows]
             values = torch.tensor([float(r[prefix + key]) for r in rows])
-            ax.plot(steps, values, marker="o", ms=3, label=label, **style)
             if se_key is not None and all(prefix + se_key in r for r in rows):
-                se = torch.tensor([float(r[prefix + se_key]) for r in rows])
-                ax.fill_between(steps, values - 2 * se, values + 2 * se, alpha=0.2, color=style["color"],
-                                label=f"{label} ± 2 SE")
+                se = [2 * float(r[prefix + se_key]) for r in rows]
+                ax.errorbar(steps, values, yerr=se, marker="o", ms=3, capsize=3, label=f"{label} ± 2 SE", **style)
+            else:
+                ax.plot(steps, values, marker="o", ms=3, label=label, **style)
         ax.set(title=name, xlabel="training step", ylabel=ylabel)
         ax.grid(alpha=0.3)
         ax.legend()
