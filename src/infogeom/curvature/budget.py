@@ -6,7 +6,8 @@ thread count (all available cores, and one) and keeps the fastest: on a CPU shar
 threads that wait for a busy core make every product many times slower (default 0.8M-parameter model,
 batch 8×128, on the 2-core dev machine: 0.32 s per Hessian-vector product on 2 quiet threads, 0.52 s on 1;
 with one core busy 1.65 s on 2 threads but 0.48 s on 1; at load ≈ 5, 17 s on 2 threads but 1.1 s on 1 — the
-cause of the 10–13× slower curvature runs on a loaded machine), so the count is measured, not assumed. :func:`plan` then splits the budget:
+cause of the 10–13× slower curvature runs on a loaded machine), so the count is measured, not assumed.
+:func:`plan` then splits the budget:
 items with a fixed cost (``eig`` converges in ≈ ``EIG_PRODUCTS`` products, ``noise`` needs B + 1, ``sharpness``
 ≈ ``SHARPNESS_PRODUCTS``) are charged first, and the rest is shared by ``trace``, ``density``, ``blocks`` and
 ``landscape`` in proportion to :data:`WEIGHTS`, each with a floor below which its estimate would say
