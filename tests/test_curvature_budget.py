@@ -64,8 +64,9 @@ def test_lanczos_remaining_steps_extrapolates_the_residual_rate():
     history = [math.log(100) - 0.5 * i for i in range(6)]  # residual/threshold falls by e^0.5 per step
     expected = math.ceil(history[-1] / 0.5)
     assert _remaining_steps(history, 1000) == expected
-    assert _remaining_steps([1.0, 1.0, 1.2], 77) == 77  # not falling: the cap
-    assert _remaining_steps([5.0], 77) == 77
+    assert _remaining_steps(history, 3) == 3
+    assert _remaining_steps([1.0, 1.0, 1.2], 77) is None  # not falling: no estimate (the bar keeps its total)
+    assert _remaining_steps([5.0], 77) is None
 
 
 @pytest.fixture(scope="module")

@@ -133,14 +133,19 @@ def iter_analysis(
     done: list[Row] = []
     summary = {"items": list(what), "title": o.title, "rows": done}
     if o.budget is not None:
-        cal_op = op if op is not None else HessianOperator(model, batch)
-        probe = torch.ones(cal_op.dim, 1, dtype=cal_op.dtype, device=cal_op.device)
-
         def forward() -> None:
             with torch.no_grad():
                 lm_loss(model(batch[0]), batch[1])
 
-        cal = calibrate(lambda: cal_op.matmat(probe), forward, o.threads)
+        product = forward  # only loss evaluations (landscape, interpolate): time those
+        if set(what) - {"landscape", "interpolate"}:
+            cal_op = op if op is not None else HessianOperator(model, batch)
+            probe = torch.ones(cal_op.dim, 1, dtype=cal_op.dtype, device=cal_op.device)
+
+            def product() -> None:
+                cal_op.matmat(probe)
+
+        cal = calibrate(product, forward, o.threads)
         o, cost = plan(o.budget, cal, what, o, len(batch[0]), max(len(blocks), 1))
         total = sum(cost.values())
         parts = ", ".join(f"{i} {c:.0f}s" for i, c in cost.items())

@@ -174,14 +174,15 @@ def _order(theta: torch.Tensor, which: str) -> torch.Tensor:
     return torch.argsort(theta.abs(), descending=True)
 
 
-def _remaining_steps(history: Sequence[float], cap: int) -> int:
-    """Steps until log(residual / threshold) in ``history`` reaches 0 at its mean rate over the last 5 steps
-    (``cap`` while it is not falling): the progress bar's total is the products so far plus this."""
+def _remaining_steps(history: Sequence[float], cap: int) -> int | None:
+    """Steps until log(residual / threshold) in ``history`` reaches 0 at its mean rate of decrease over the
+    last 10 steps (at most ``cap``), or None while it is not decreasing: the progress bar's total is the
+    products so far plus this, and keeps its previous value while there is no estimate."""
     if len(history) < 2:
-        return cap
-    window = history[-6:]
+        return None
+    window = history[-11:]
     rate = (window[0] - window[-1]) / (len(window) - 1)
-    return cap if rate <= 0 else min(cap, max(1, math.ceil(history[-1] / rate)))
+    return None if rate <= 0 else min(cap, max(1, math.ceil(history[-1] / rate)))
 
 
 def _krylov_eigsh(
@@ -233,8 +234,10 @@ def _krylov_eigsh(
             break
         history.append(float((res / threshold).max().clamp_min(1e-30).log()))
         if progress:
-            bar.total = basis.matvecs + _remaining_steps(history, budget - basis.matvecs)
-            bar.refresh()
+            remaining = _remaining_steps(history, budget - basis.matvecs)
+            if remaining is not None or (bar.total is not None and bar.total <= basis.matvecs):
+                bar.total = basis.matvecs + (remaining or 1)
+                bar.refresh()
         if basis.size == capacity:
             keep = _order(theta[0], which)[: max(k, (capacity + k) // 2)]
             basis.restart(Y[:, :, keep], theta[:, keep])
