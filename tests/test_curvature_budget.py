@@ -13,7 +13,7 @@ from test_curvature_monitor import tiny_run_config
 from infogeom.cli import main
 from infogeom.curvature import analysis
 from infogeom.curvature.analysis import AnalysisOptions
-from infogeom.curvature.budget import MINIMUM, Calibration, calibrate, plan
+from infogeom.curvature.budget import MAX_FLOATS, MAXIMUM, MINIMUM, Calibration, calibrate, plan
 from infogeom.curvature.lanczos import _remaining_steps
 from infogeom.train import train
 from infogeom.train.checkpoint import list_checkpoints
@@ -33,6 +33,11 @@ def test_plan_scales_sizes_with_the_budget_and_keeps_explicit_ones():
     assert cost["trace"] == pytest.approx((large.probes + large.hutchpp_probes) * 0.25)
     kept, _ = plan(10, cal, WHAT, AnalysisOptions(probes=7, grid=5), batch_size=8)
     assert kept.probes == 7 and kept.grid == 5
+    fast = Calibration(product_s=1e-4, forward_s=1e-4, threads=1, tried={1: 1e-4})
+    capped, _ = plan(30, fast, WHAT, AnalysisOptions(), batch_size=8, dim=1_000_000)
+    assert capped.probes == MAXIMUM["probes"] and capped.lanczos_steps <= 64
+    assert capped.hutchpp_probes // 3 * 4 * 1_000_000 <= MAX_FLOATS  # Hutch++'s vectors fit in memory
+    assert capped.density_probes * capped.lanczos_steps * 1_000_000 <= MAX_FLOATS
 
 
 def test_default_budget_plans_the_readme_command_within_45_seconds():

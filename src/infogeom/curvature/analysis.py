@@ -146,7 +146,8 @@ def iter_analysis(
                 cal_op.matmat(probe)
 
         cal = calibrate(product, forward, o.threads)
-        o, cost = plan(o.budget, cal, what, o, len(batch[0]), max(len(blocks), 1))
+        dim = op.dim if op is not None else sum(p.numel() for p in model.parameters() if p.requires_grad)
+        o, cost = plan(o.budget, cal, what, o, len(batch[0]), max(len(blocks), 1), dim)
         total = sum(cost.values())
         parts = ", ".join(f"{i} {c:.0f}s" for i, c in cost.items())
         rows = [("budget", f"{o.budget:g} s", f"planned {total:.0f} s: {parts}"),

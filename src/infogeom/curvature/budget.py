@@ -30,6 +30,8 @@ SHARPNESS_PRODUCTS = 80
 INTERPOLATE_POINTS = 31
 WEIGHTS = {"trace": 1.0, "density": 1.2, "blocks": 1.5, "landscape": 0.4}
 MINIMUM = {"probes": 16, "hutchpp_probes": 24, "lanczos_steps": 12, "density_probes": 2, "grid": 7}
+MAXIMUM = {"probes": 512, "hutchpp_probes": 192, "lanczos_steps": 64}
+MAX_FLOATS = 1e8  # 400 MB of float32 vectors per estimator
 
 
 @dataclass
@@ -98,10 +100,15 @@ def _odd(x: float) -> int:
     return n if n % 2 else n - 1
 
 
-def plan(budget: float, cal: Calibration, what: Sequence[str], options, batch_size: int, n_blocks: int = 1):
+def plan(budget: float, cal: Calibration, what: Sequence[str], options, batch_size: int, n_blocks: int = 1,
+         dim: int = 1):
     """``options`` (an :class:`~infogeom.curvature.analysis.AnalysisOptions`) with every size left None
-    filled in from ``budget`` seconds, and the estimated seconds per item ``{item: s}``."""
+    filled in from ``budget`` seconds, and the estimated seconds per item ``{item: s}``. Sizes are capped so
+    that fast products never make an estimator hold more than ``MAX_FLOATS`` numbers of ``dim`` coordinates
+    (Hutch++ keeps ≈ 4 blocks of m/3 vectors, SLQ probes × steps Krylov vectors) or run past
+    ``MAXIMUM``."""
     t, f = cal.product_s, cal.forward_s
+    vectors = max(1, int(MAX_FLOATS // max(dim, 1)))
     fixed = {"eig": EIG_PRODUCTS * t, "noise": (batch_size + 2) * t, "sharpness": SHARPNESS_PRODUCTS * t,
              "interpolate": INTERPOLATE_POINTS * f}
     shared = [i for i in what if i in WEIGHTS]
@@ -109,14 +116,16 @@ def plan(budget: float, cal: Calibration, what: Sequence[str], options, batch_si
     share = {i: rest * WEIGHTS[i] / sum(WEIGHTS[j] for j in shared) for i in shared}
     o = dataclasses.replace(options)
     if o.probes is None:  # Hutchinson and Hutch++ get half of the trace share each
-        o.probes = max(MINIMUM["probes"], int(share.get("trace", 0) / 2 / t))
+        o.probes = max(MINIMUM["probes"], min(MAXIMUM["probes"], int(share.get("trace", 0) / 2 / t)))
     if o.hutchpp_probes is None:
-        o.hutchpp_probes = max(MINIMUM["hutchpp_probes"], 3 * int(share.get("trace", 0) / 2 / t / 3))
+        k = min(MAXIMUM["hutchpp_probes"] // 3, vectors // 4, int(share.get("trace", 0) / 2 / t / 3))
+        o.hutchpp_probes = max(MINIMUM["hutchpp_probes"], 3 * k)
     products = share.get("density", 0) / t
     if o.density_probes is None:
         o.density_probes = max(MINIMUM["density_probes"], min(8, int(products / 32)))
     if o.lanczos_steps is None:
-        o.lanczos_steps = min(64, max(MINIMUM["lanczos_steps"], int(products / o.density_probes)))
+        steps = min(MAXIMUM["lanczos_steps"], int(products / o.density_probes), vectors // o.density_probes)
+        o.lanczos_steps = max(MINIMUM["lanczos_steps"], steps)
     if o.block_steps is None:  # one product of n_blocks·density_probes columns per step
         o.block_steps = min(32, max(8, int(share.get("blocks", 0) / t / (n_blocks * o.density_probes))))
     if o.grid is None:
