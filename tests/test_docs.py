@@ -12,6 +12,7 @@ Markers, on the line before a block's opening fence:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -76,10 +77,12 @@ def _environment(bin_dir: Path) -> dict:
     return env
 
 
-def run_document(name: str, text: str, workdir: Path) -> dict:
-    """Execute the runnable, unmarked blocks of ``text`` in ``workdir``; returns the python namespace."""
+def run_document(name: str, text: str, workdir: Path) -> list[tuple[Block, dict]]:
+    """Execute the runnable, unmarked blocks of ``text`` in ``workdir``; returns each python block with a
+    shallow copy of the shared namespace right after it (later blocks may rebind names)."""
     env = _environment(workdir / ".bin")
     namespace: dict = {"__name__": "__docs__"}
+    after: list[tuple[Block, dict]] = []
     previous = Path.cwd()
     os.chdir(workdir)
     try:
@@ -91,22 +94,34 @@ def run_document(name: str, text: str, workdir: Path) -> dict:
                 continue
             elif RUNNABLE[block.language] == "python":
                 exec(compile(block.code, where, "exec"), namespace)
+                after.append((block, dict(namespace)))
             else:
                 proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block.code], env=env, cwd=workdir,
                                       capture_output=True, text=True, timeout=900)
                 assert proc.returncode == 0, f"{where} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
     finally:
         os.chdir(previous)
-    return namespace
+    return after
 
 
-def _check_readme(namespace: dict, workdir: Path) -> None:
-    lam, tr = namespace["lam"], namespace["tr"]
+def _after(blocks: list[tuple[Block, dict]], marker: str) -> dict:
+    """The namespace right after the first python block containing ``marker``."""
+    return next(ns for block, ns in blocks if marker in block.code)
+
+
+def _check_readme(blocks: list[tuple[Block, dict]], workdir: Path) -> None:
+    quickstart = _after(blocks, "eigsh(H, k=1)")
+    lam, tr = quickstart["lam"], quickstart["tr"]
     assert lam.converged and float(lam.values[0]) > 0
     assert tr.value > 0 and tr.stderr < tr.value
-    opt = namespace["opt"]  # the EK-FAC example
-    assert opt.core.steps == len(namespace["batches"])
-    assert (workdir / "runs/curv-demo/loss.png").is_file() and (workdir / "runs/curv-demo/curvature.png").is_file()
+    ekfac = _after(blocks, "EKFAC(")
+    opt = ekfac["opt"]
+    assert opt.core.steps == len(ekfac["batches"])
+    assert all("exp_avg" in opt.state[layer.weight] for layer in opt.core.layers)
+    run = workdir / "runs/curv-demo"
+    assert (run / "loss.png").is_file() and (run / "curvature.png").is_file()
+    report = json.loads((run / "curvature_monitor.json").read_text())
+    assert report["measured"] >= 1 and report["overhead"] <= report["budget"] * 1.5  # within its budget (+ noise)
 
 
 CHECKS = {"README.md": _check_readme}
@@ -114,9 +129,9 @@ CHECKS = {"README.md": _check_readme}
 
 @pytest.mark.parametrize("name", DOCUMENTS)
 def test_documented_snippets_run(name, tmp_path):
-    namespace = run_document(name, (ROOT / name).read_text(encoding="utf-8"), tmp_path)
+    blocks = run_document(name, (ROOT / name).read_text(encoding="utf-8"), tmp_path)
     if name in CHECKS:
-        CHECKS[name](namespace, tmp_path)
+        CHECKS[name](blocks, tmp_path)
 
 
 @pytest.mark.parametrize("name", DOCUMENTS)
