@@ -14,7 +14,7 @@ import sys
 from ..errors import InfogeomError
 
 # Command modules, in the order ``--help`` lists them.
-COMMAND_MODULES = ["train", "evaluate", "sample", "info", "quantum", "curvature", "study"]
+COMMAND_MODULES = ["train", "evaluate", "sample", "info", "quantum", "curvature", "plot", "study"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
-from ..curvature.analysis import ITEMS, AnalysisOptions, analyze, format_table, parse_items
+from ..curvature.analysis import ITEMS, AnalysisOptions, format_table, iter_analysis, parse_items
 from ..curvature.blocks import GRANULARITIES
 from ..curvature.operators import OPERATOR_KINDS
 from ..errors import InfogeomError
@@ -15,6 +18,8 @@ from ..optim import build_optimizer
 from ..train.checkpoint import load_checkpoint
 from ..train.config import resolve_device
 from ..train.modeling import load_model, prepare_run_data
+
+WIDTHS = (34, 22)  # table columns: rows are printed as items finish, so the widths are fixed
 
 
 def register(subparsers) -> None:
@@ -46,13 +51,26 @@ def register(subparsers) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder (default: <checkpoint>-curvature next to it)")
     p.add_argument("--k", type=int, default=3, help="eigenpairs for 'eig' (3)")
     p.add_argument("--tol", type=float, default=1e-4, help="Lanczos relative residual tolerance (1e-4)")
-    p.add_argument("--probes", type=int, default=32, help="Hutchinson probes for 'trace' (32)")
-    p.add_argument("--lanczos-steps", type=int, default=64, help="Lanczos steps per SLQ probe (64)")
-    p.add_argument("--density-probes", type=int, default=4, help="SLQ probes for 'density'/'blocks' (4)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds for all items (default 30): probe counts, Lanczos steps and the landscape grid not set "
+        "below are sized from a measured product time; 0 = fixed defaults (32, 48, 64, 4, 21) instead",
+    )
+    p.add_argument(
+        "--threads", type=int, metavar="N", help="torch threads (default: the faster of all cores and 1, timed)"
+    )
+    p.add_argument("--probes", type=int, help="Hutchinson probes for 'trace' (default: from --budget)")
+    p.add_argument("--hutchpp-probes", type=int, help="Hutch++ products for 'trace' (default: from --budget)")
+    p.add_argument("--lanczos-steps", type=int, help="Lanczos steps per SLQ probe (default: from --budget)")
+    p.add_argument("--density-probes", type=int, help="SLQ probes for 'density'/'blocks' (default: from --budget)")
+    p.add_argument("--block-steps", type=int, help="Lanczos steps per block for 'blocks' (default: from --budget)")
     p.add_argument("--granularity", default="sublayer", choices=GRANULARITIES, help="blocks for 'blocks'")
     p.add_argument("--rho", type=float, default=0.05, help="ε-ball radius for 'sharpness' (0.05)")
     p.add_argument("--dims", type=int, default=2, choices=(1, 2), help="landscape dimensions (2)")
-    p.add_argument("--grid", type=int, default=21, help="landscape points per axis (21)")
+    p.add_argument("--grid", type=int, help="landscape points per axis (default: from --budget)")
     p.add_argument("--span", type=float, default=1.0, help="landscape extent ±span (1.0)")
     p.add_argument("--compare", metavar="CHECKPOINT", help="second checkpoint for 'interpolate'")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
@@ -73,9 +91,12 @@ def _optimizer_from(ckpt: dict, model: torch.nn.Module, cfg) -> torch.optim.Opti
 
 def run(args: argparse.Namespace) -> int:
     what = parse_items(args.what)
-    for name in ("batch_size", "k", "probes", "lanczos_steps", "density_probes", "grid"):
-        if getattr(args, name) < 1:
+    sizes = ("probes", "hutchpp_probes", "lanczos_steps", "density_probes", "block_steps", "grid", "threads")
+    for name in ("batch_size", "k", *sizes):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise InfogeomError(f"--{name.replace('_', '-')} must be a positive integer")
+    if not args.budget >= 0:
+        raise InfogeomError("--budget must be a number of seconds >= 0 (0 = fixed default sizes)")
     for name in ("tol", "rho", "span"):
         if not getattr(args, name) > 0:
             raise InfogeomError(f"--{name} must be positive")
@@ -91,19 +112,24 @@ def run(args: argparse.Namespace) -> int:
     batch = data.get_batch(
         args.split, args.batch_size, block, torch.Generator().manual_seed(args.seed), device=device
     )
-    optimizer = _optimizer_from(load_checkpoint(args.checkpoint), model, cfg) if "sharpness" in what else None
+    ckpt = load_checkpoint(args.checkpoint)
+    optimizer = _optimizer_from(ckpt, model, cfg) if "sharpness" in what else None
     out = (
         Path(args.out)
         if args.out
         else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "-curvature")
     )
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    step = ckpt.get("step", "?")
     options = AnalysisOptions(
         operator=args.operator,
         k=args.k,
         tol=args.tol,
         probes=args.probes,
+        hutchpp_probes=args.hutchpp_probes,
         lanczos_steps=args.lanczos_steps,
         density_probes=args.density_probes,
+        block_steps=args.block_steps,
         granularity=args.granularity,
         n_head=cfg.model.n_head,
         rho=args.rho,
@@ -112,11 +138,16 @@ def run(args: argparse.Namespace) -> int:
         span=args.span,
         seed=args.seed,
         progress=True,
+        budget=args.budget or None,
+        threads=args.threads,
+        title=f"{cfg.model.arch} {n_params / 1e6:.2g}M, step {step}",
     )
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"checkpoint: {args.checkpoint} ({cfg.model.arch}, {n_params:,} parameters)")
+    print(f"checkpoint: {args.checkpoint} ({cfg.model.arch}, {n_params:,} parameters, step {step})")
     print(f"batch:      {args.batch_size} x {block} tokens from the {args.split} split, seed {args.seed}")
-    rows = analyze(model, batch, what, out, options, optimizer, compare)
-    print(format_table(rows))
-    print(f"outputs:    {out}/")
+    print(f"outputs:    {out}/ (each item's JSON and plots as it finishes; summary.json)", flush=True)
+    start = time.perf_counter()
+    for _, rows in iter_analysis(model, batch, what, out, options, optimizer, compare):
+        tqdm.write(format_table(rows, WIDTHS))
+        sys.stdout.flush()
+    print(f"done in {time.perf_counter() - start:.1f} s; outputs in {out}/")
     return 0

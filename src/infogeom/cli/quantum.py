@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from datetime import datetime
 from pathlib import Path
 
 from ..errors import InfogeomError
@@ -35,8 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-inputs", type=int, default=d.max_inputs,
                    help="token positions the metrics are averaged over (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/quantum_ablation.json"),
-                   help="JSON result (a PNG of the validation curves is written beside it)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="output folder for quantum_ablation.json, .png and .svg (default: a new "
+                   "runs/quantum-ablation-<date-time>/); a path ending in .json names the JSON file itself "
+                   "(e.g. --out benchmarks/results/quantum_ablation.json to update the committed results)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,13 +56,27 @@ def run(args: argparse.Namespace) -> int:
                          n_qubits=args.n_qubits, n_layers=args.n_layers, n_embd=args.n_embd, lr=args.lr,
                          qng_lr=args.qng_lr, damping=args.damping, recompute_every=args.recompute_every,
                          max_inputs=args.max_inputs, eval_every=max(1, args.steps // 10))
+    out = _output_path(args.out)
     result = run_ablation(cfg)
     print(format_summary(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    plot_curves(result, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out)
+    plot_curves(result, out.with_suffix(".png"))
+    print(f"wrote {out}, {out.with_suffix('.png')} and {out.with_suffix('.svg')}")
     return 0
+
+
+def _output_path(out: Path | None) -> Path:
+    """The JSON file: ``out`` itself if it ends in .json, else ``out/quantum_ablation.json``; by default in a
+    fresh ``runs/quantum-ablation-<date-time>`` folder (never inside the repository's tracked files)."""
+    if out is None:
+        base = Path("runs") / f"quantum-ablation-{datetime.now():%Y%m%d-%H%M%S}"
+        out, i = base, 1
+        while out.exists():
+            out, i = base.with_name(f"{base.name}-{i}"), i + 1
+    return out if out.suffix == ".json" else out / "quantum_ablation.json"
 
 
 def register(subparsers) -> None:

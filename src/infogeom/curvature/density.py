@@ -23,6 +23,7 @@ import torch
 from ..errors import InfogeomError
 from ..operators import CurvatureOperator, rademacher
 from .lanczos import lanczos_quadrature
+from .trace import standard_error
 
 
 @dataclass
@@ -43,10 +44,10 @@ class SpectralDensity:
         return float((self.weights * self.nodes**k).sum(1).mean())
 
     def moment_stderr(self, k: int) -> float:
-        """Standard error of :meth:`moment` across probes (nan for one probe)."""
+        """Standard error of :meth:`moment` across probes (t-corrected as in :mod:`.trace`; nan for one
+        probe)."""
         per_probe = (self.weights * self.nodes**k).sum(1)
-        n = per_probe.numel()
-        return float(per_probe.std() / math.sqrt(n)) if n > 1 else float("nan")
+        return float(standard_error(per_probe)) if per_probe.numel() > 1 else float("nan")
 
     def to_dict(self) -> dict:
         return {

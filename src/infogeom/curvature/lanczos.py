@@ -19,7 +19,8 @@ generalized problem) and O(m·P) for re-orthogonalization; memory O(m·P).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -173,6 +174,17 @@ def _order(theta: torch.Tensor, which: str) -> torch.Tensor:
     return torch.argsort(theta.abs(), descending=True)
 
 
+def _remaining_steps(history: Sequence[float], cap: int) -> int | None:
+    """Steps until log(residual / threshold) in ``history`` reaches 0 at its mean rate of decrease over the
+    last 10 steps (at most ``cap``), or None while it is not decreasing: the progress bar's total is the
+    products so far plus this, and keeps its previous value while there is no estimate."""
+    if len(history) < 2:
+        return None
+    window = history[-11:]
+    rate = (window[0] - window[-1]) / (len(window) - 1)
+    return None if rate <= 0 else min(cap, max(1, math.ceil(history[-1] / rate)))
+
+
 def _krylov_eigsh(
     apply: MatMat,
     dim: int,
@@ -203,7 +215,8 @@ def _krylov_eigsh(
     basis = KrylovBasis(apply, v0.to(dtype=dtype, device=device).reshape(dim, 1), capacity, metric, generator)
     eps = torch.finfo(dtype).eps
     converged = False
-    bar = tqdm(total=budget, desc="lanczos", disable=not progress, leave=False)
+    bar = tqdm(total=None, desc="lanczos", unit="product", disable=not progress, leave=False)
+    history: list[float] = []  # log of the worst residual / its threshold, per step
     while basis.matvecs < budget:
         basis.step()
         bar.update(1)
@@ -215,11 +228,16 @@ def _krylov_eigsh(
         floor = (
             10 * eps * theta[0].abs().max()
         )  # residuals below this are round-off (float32: ≈ 1e-6 relative)
-        converged = (
-            bool((res <= torch.clamp(tol * theta[0, wanted].abs(), min=floor)).all()) or basis.size == dim
-        )
+        threshold = torch.clamp(tol * theta[0, wanted].abs(), min=floor)
+        converged = bool((res <= threshold).all()) or basis.size == dim
         if converged:
             break
+        history.append(float((res / threshold).max().clamp_min(1e-30).log()))
+        if progress:
+            remaining = _remaining_steps(history, budget - basis.matvecs)
+            if remaining is not None or (bar.total is not None and bar.total <= basis.matvecs):
+                bar.total = basis.matvecs + (remaining or 1)
+                bar.refresh()
         if basis.size == capacity:
             keep = _order(theta[0], which)[: max(k, (capacity + k) // 2)]
             basis.restart(Y[:, :, keep], theta[:, keep])

@@ -18,7 +18,8 @@ Time budget: the trainer's ``train_time`` includes callback time, so the monitor
 (train_time − spent)``. A due measurement is skipped when spent + (duration of the previous measurement)
 would exceed ``budget`` × (train_time − spent); skipped steps are counted, so measurements thin out
 automatically when they are expensive. The first measurement always runs (its cost is unknown until then).
-At the end the overhead is printed and written to ``<out_dir>/curvature_monitor.json``.
+At the end the overhead is printed and written to ``<out_dir>/curvature_monitor.json``, and the logged series
+are plotted in ``<out_dir>/curvature.png`` (+ ``.svg``), beside the trainer's ``loss.png``.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ from ..geometry import FisherOperator, HessianOperator
 from ..models.gpt import lm_loss
 from ..operators import suspend_captures
 from ..train.callbacks import Callback
+from ..train.metrics import METRICS_FILE, read_metrics
 from .lanczos import eigsh
 from .noise import gradient_noise_scale
-from .plots import save_json
+from .plots import plot_monitor, save_json
 from .sharpness import optimizer_sharpness
 from .trace import hutchinson
 
@@ -122,6 +124,10 @@ class CurvatureMonitor(Callback):
         report = self.report(trainer.train_time)
         if trainer.out_dir:
             save_json(report, Path(trainer.out_dir) / "curvature_monitor.json")
+            records = read_metrics(Path(trainer.out_dir) / METRICS_FILE)
+            if any(k.startswith(self.prefix) for r in records for k in r):
+                plot_monitor(records, Path(trainer.out_dir) / "curvature.png", self.prefix,
+                             f"curvature during training ({trainer.out_dir}): probe batch {self.batch_size} sequences")
         tqdm.write(
             f"curvature monitor: {report['measured']} measurements ({report['skipped']} skipped), "
             f"{report['monitor_seconds']:.1f}s = {100 * report['overhead']:.1f}% of training time "

@@ -11,9 +11,17 @@ import torch.nn as nn
 from ..errors import InfogeomError
 from ..geometry import FisherOperator, GGNOperator, HessianOperator
 from ..geometry.functional import Batch
-from ..operators import CurvatureOperator, DiagonalOperator, RestrictedOperator, parameter_index, restrict
+from ..operators import (
+    CountedOperator,
+    CurvatureOperator,
+    DiagonalOperator,
+    RestrictedOperator,
+    parameter_index,
+    restrict,
+)
 
-__all__ = ["OPERATOR_KINDS", "DiagonalOperator", "RestrictedOperator", "build_operator", "parameter_index", "restrict"]
+__all__ = ["OPERATOR_KINDS", "CountedOperator", "DiagonalOperator", "RestrictedOperator", "build_operator",
+           "parameter_index", "restrict"]
 
 OPERATOR_KINDS = ("hessian", "ggn", "fisher", "fisher-mc", "fisher-empirical")
 

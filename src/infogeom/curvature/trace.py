@@ -1,12 +1,19 @@
 """Stochastic trace and diagonal estimators with standard errors, on any curvature operator.
 
-- Hutchinson: tr(A) ≈ (1/m) Σ_i v_iᵀ A v_i, v_i Rademacher; unbiased, SE = sd(v_iᵀAv_i)/√m, error O(1/√m).
+- Hutchinson: tr(A) ≈ (1/m) Σ_i v_iᵀ A v_i, v_i Rademacher; unbiased, error O(1/√m).
   Optionally adaptive: probes are added in chunks until SE ≤ ``rtol``·|estimate|.
 - Hutch++ (Meyer, Musco, Musco & Woodruff 2021): with m products split in three, Q = orth(A S) for a random
   S [P, m/3]; tr(A) ≈ tr(QᵀAQ) + (3/m) Σ_i g_iᵀ (I−QQᵀ) A (I−QQᵀ) g_i. The low-rank part is exact, the
-  deflated remainder is Hutchinson's, so the error is O(1/m) for PSD A; the SE is the remainder's
-  (conditional on Q the estimate is unbiased).
+  deflated remainder is Hutchinson's, so the error is O(1/m) for PSD A. For *every* sketch Q the estimate is
+  unbiased (tr(QᵀAQ) + tr((I−QQᵀ)A) = tr A), so the sketch adds no variance of its own: Var = E_Q Var(· | Q),
+  and the remainder's sample variance estimates it without bias. What makes a naive error bar too short is
+  the few samples (m/3) it rests on, as below.
 - Diagonal: diag(A) ≈ (1/m) Σ_i v_i ⊙ A v_i (Bekas et al. 2007), with per-coordinate SEs.
+
+Standard errors. Every ``stderr`` here is the sample standard error sd/√n of the n averaged quadratic forms
+times t_{0.975}(n−1)/z_{0.975} (Student's t over the normal quantile; 1.05 at n = 32, 1.41 at n = 4), so
+that ±2·stderr covers the truth about 95% of the time even for few probes (checked by a coverage test on
+PSD, indefinite and low-rank-plus-noise matrices).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from scipy import stats
 
 from ..errors import InfogeomError
 from ..operators import CurvatureOperator, probe_diagonal, rademacher
@@ -37,6 +45,18 @@ class TraceEstimate:
             "num_probes": self.num_probes,
             "method": self.method,
         }
+
+
+def t_factor(n: int) -> float:
+    """t_{0.975}(n−1)/z_{0.975}: widens sd/√n of n samples so that ±2·SE is a ≈95% interval for their mean
+    (the plain sd/√n covers only 92% at n = 16, 85% at n = 4 for normal samples)."""
+    return float(stats.t.ppf(0.975, n - 1) / stats.norm.ppf(0.975))
+
+
+def standard_error(samples: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Standard error of the mean of ``samples`` along ``dim``: sd/√n · :func:`t_factor` (n)."""
+    n = samples.shape[dim]
+    return samples.std(dim) / math.sqrt(n) * t_factor(n)
 
 
 def _check(num_probes: int, minimum: int) -> None:
@@ -69,13 +89,12 @@ def hutchinson(
     _check(num_probes, 2)
     samples = hutchinson_samples(op, num_probes, generator, chunk)
     while rtol is not None and len(samples) < max_probes:
-        se = samples.std() / math.sqrt(len(samples))
+        se = standard_error(samples)
         if se <= rtol * samples.mean().abs():
             break
         more = min(num_probes, max_probes - len(samples))
         samples = torch.cat([samples, hutchinson_samples(op, more, generator, chunk)])
-    m = len(samples)
-    return TraceEstimate(float(samples.mean()), float(samples.std() / math.sqrt(m)), m, "hutchinson")
+    return TraceEstimate(float(samples.mean()), float(standard_error(samples)), len(samples), "hutchinson")
 
 
 def hutchpp(
@@ -90,7 +109,7 @@ def hutchpp(
     low_rank = torch.trace(Q.T @ op.matmat(Q))
     Gp = G - Q @ (Q.T @ G)
     rest = (Gp * op.matmat(Gp)).sum(0)
-    return TraceEstimate(float(low_rank + rest.mean()), float(rest.std() / math.sqrt(k)), 3 * k, "hutch++")
+    return TraceEstimate(float(low_rank + rest.mean()), float(standard_error(rest)), 3 * k, "hutch++")
 
 
 @dataclass
@@ -108,4 +127,4 @@ def diagonal(
     """Hutchinson diagonal estimate diag(A) ≈ mean_i v_i ⊙ A v_i with per-entry standard errors."""
     _check(num_probes, 2)
     mean, stderr = probe_diagonal(op, int(num_probes), generator, chunk)
-    return DiagonalEstimate(mean, stderr, int(num_probes))
+    return DiagonalEstimate(mean, stderr * t_factor(int(num_probes)), int(num_probes))

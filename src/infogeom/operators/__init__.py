@@ -23,10 +23,11 @@ from .kronecker import (
     unpack_bias,
 )
 from .restricted import RestrictedOperator, parameter_index, restrict
-from .transforms import DampedOperator, ScaledOperator
+from .transforms import CountedOperator, DampedOperator, ScaledOperator
 
 __all__ = [
-    "BlockDiagonalOperator", "CurvatureOperator", "DampedOperator", "DenseOperator", "DiagonalOperator",
+    "BlockDiagonalOperator", "CountedOperator", "CurvatureOperator", "DampedOperator", "DenseOperator",
+    "DiagonalOperator",
     "KroneckerBlock", "KroneckerOperator", "LowRankOperator", "RestrictedOperator", "ScaledOperator",
     "capture_active", "conjugate_gradient", "flatten", "from_eigenbasis", "pack_bias", "parameter_index",
     "pi_correction", "pi_damped_grid", "probe_diagonal", "rademacher", "restrict", "suspend_captures",

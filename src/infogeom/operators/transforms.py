@@ -1,4 +1,5 @@
-"""Small composable transforms of an operator: a damped copy A + λI and a scaled copy c·A.
+"""Small composable transforms of an operator: a damped copy A + λI, a scaled copy c·A and a counted copy (A
+itself, counting its products for progress bars).
 
 Both keep the wrapped operator's exact solve when it has one: (A + λI + δI)^{-1} = A.solve(·, λ + δ) and
 (cA + δI)^{-1} b = A.solve(b, δ/c)/c. Used for the preconditioners of NGCG (F + λI), QNG (G + λI) and for
@@ -63,3 +64,19 @@ class ScaledOperator(CurvatureOperator):
     def _solve(self, B, damping, tol, maxiter, x0, reduce):
         x0 = None if x0 is None else self.scale * x0
         return self.op.solve(B, damping / self.scale, tol, maxiter, x0, reduce) / self.scale
+
+
+class CountedOperator(CurvatureOperator):
+    """``op`` unchanged, counting its products (``products``: columns multiplied) and advancing an optional
+    progress bar (anything with ``update(n)``, e.g. tqdm) by the columns of each product."""
+
+    def __init__(self, op: CurvatureOperator, bar=None):
+        self.op, self.bar, self.products = op, bar, 0
+        self.names, self.shapes, self.dtype, self.device = op.names, op.shapes, op.dtype, op.device
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        out = self.op.matmat(V)
+        self.products += V.shape[1]
+        if self.bar is not None:
+            self.bar.update(V.shape[1])
+        return out

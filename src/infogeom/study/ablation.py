@@ -169,21 +169,36 @@ def format_summary(result: dict) -> str:
 
 
 def plot_curves(result: dict, path) -> None:
-    import matplotlib
+    """Validation loss per arm (mean ± std over seeds, left) and each arm's paired difference to the first
+    arm (same seed = same initialisation and batches, right: small effects are visible there). PNG + SVG."""
+    from ..plotting import curve_styles, new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for arm in result["summary"]:
-        curves = [r["curve"] for r in result["runs"] if r["arm"] == arm]
-        steps = [s for s, _ in curves[0]]
-        vals = torch.tensor([[v for _, v in c] for c in curves])
-        mean = vals.mean(0)
-        std = vals.std(0) if len(curves) > 1 else torch.zeros_like(mean)
-        ax.plot(steps, mean, label=arm)
-        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-    ax.set(xlabel="step", ylabel="validation loss (nats/char)", title=f"hybrid {result['config']['task']} LM")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    cfg = result["config"]
+    arms = list(result["summary"])
+    fig = new_figure(11, 4.2)
+    ax, ax_d = fig.subplots(1, 2)
+    curves = {arm: [dict(r["curve"]) for r in sorted(result["runs"], key=lambda r: r["seed"]) if r["arm"] == arm]
+              for arm in arms}
+    steps = sorted(curves[arms[0]][0])
+    for arm, style in zip(arms, curve_styles(len(arms))):
+        vals = torch.tensor([[c[s] for s in steps] for c in curves[arm]])
+        n = len(vals)
+        for axis, v, label in ((ax, vals, arm), (ax_d, vals - torch.tensor([[c[s] for s in steps]
+                                                                          for c in curves[arms[0]]]), arm)):
+            if axis is ax_d and arm == arms[0]:
+                continue
+            mean = v.mean(0)
+            std = v.std(0) if n > 1 else torch.zeros_like(mean)
+            axis.plot(steps, mean, lw=1.5, label=label, **style)
+            axis.fill_between(steps, mean - std, mean + std, alpha=0.2, color=style["color"])
+    ax_d.axhline(0, color="k", lw=0.8)
+    ax.set(xlabel="training step", ylabel="validation loss (nats/char)", title="validation loss")
+    ax_d.set(xlabel="training step", ylabel=f"Δ validation loss vs {arms[0]} (nats/char)",
+             title=f"paired difference to {arms[0]} (same seeds; < 0 = better)")
+    n = len(curves[arms[0]])
+    for axis in (ax, ax_d):
+        axis.grid(alpha=0.3)
+        axis.legend(title=f"line: mean over {n} seeds; band: ± std" if n > 1 else "1 seed")
+    fig.suptitle(f"hybrid {cfg['task']} LM on {cfg['corpus']}: {cfg['n_qubits']} qubits, {cfg['n_layers']}-layer "
+                 f"ansatz, {cfg['steps']} steps", fontsize=11)
+    save_figure(fig, path)

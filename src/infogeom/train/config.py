@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import json
 import math
 import sys
@@ -116,7 +117,9 @@ class TrainConfig:
         for key in ("max_seconds", "eval_every", "ckpt_every", "seed"):
             _non_negative(getattr(self, key), key)
         if o.warmup_steps > self.max_steps:
-            raise InfogeomError(f"optim.warmup_steps ({o.warmup_steps}) exceeds max_steps ({self.max_steps})")
+            raise InfogeomError(f"optim.warmup_steps ({o.warmup_steps}) exceeds max_steps ({self.max_steps}): "
+                                f"shorten the warmup with --set optim.warmup_steps={self.max_steps // 10} (any "
+                                f"value <= {self.max_steps}) or train longer with --max-steps {o.warmup_steps}")
         resolve_device(self.device, check_available=False)
         return self
 
@@ -232,13 +235,26 @@ def config_from_dict(data: dict, base: TrainConfig | None = None) -> TrainConfig
             for sub, v in value.items():
                 if sub not in types:
                     raise InfogeomError(f"unknown config key {key}.{sub}" + (
-                        " (set from the tokenizer)" if sub == "vocab_size" else ""))
+                        " (set from the tokenizer)" if sub == "vocab_size" else _suggest(f"{key}.{sub}")))
                 setattr(section, sub, _coerce(v, types[sub], f"{key}.{sub}"))
         elif key in top:
             setattr(cfg, key, _coerce(value, top[key], key))
         else:
-            raise InfogeomError(f"unknown config key {key}")
+            raise InfogeomError(f"unknown config key {key}{_suggest(key)}")
     return cfg
+
+
+def config_keys() -> list[str]:
+    """Every settable key: top-level run keys and ``section.key`` (``optim.options.NAME`` is free-form)."""
+    top = [k for k in _field_types(TrainConfig) if k not in SECTIONS]
+    return top + [f"{s}.{k}" for s, cls in SECTIONS.items() for k in _field_types(cls)]
+
+
+def _suggest(key: str) -> str:
+    """'; did you mean X?' for the valid key nearest to ``key`` (difflib), with where the list is."""
+    close = difflib.get_close_matches(key, config_keys(), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"{hint} (`infogeom train --help` lists every key)"
 
 
 def _parse_value(text: str, tp: type | None, key: str):
@@ -275,7 +291,7 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) ->
             tp = _field_types(SECTIONS[parts[0]])[parts[1]]
             patch = {parts[0]: {parts[1]: _parse_value(text, tp, key)}}
         else:
-            raise InfogeomError(f"unknown config key {key}")
+            raise InfogeomError(f"unknown config key {key}{_suggest(key)}")
         cfg = config_from_dict(patch, base=cfg)
     return cfg
 

@@ -421,6 +421,8 @@ class Trainer:
                         break
                 for cb in self.callbacks:
                     cb.on_train_end(self)
+                if self.is_main:
+                    self._plot_losses()
         finally:
             pbar.close()
             if self.logger is not None:
@@ -439,6 +441,16 @@ class Trainer:
         self._log(record)
         pbar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
         return self.step, self.train_time
+
+    def _plot_losses(self) -> None:
+        """``loss.png`` (+ ``.svg``) beside metrics.jsonl: train and validation loss vs step and tokens."""
+        from ..plotting import plot_loss_curves
+
+        c = self.config
+        title = (f"{c.model.arch} {self.model.num_parameters():,} parameters on {c.data.corpus} ({c.data.tokenizer}), "
+                 f"{c.optim.name} lr {c.optim.lr:g}, batch {c.data.batch_size}×{c.data.block_size}")
+        plot_loss_curves([(self.out_dir.name, read_metrics(self.out_dir / METRICS_FILE))], self.out_dir / "loss.png",
+                         title)
 
     def _result(self, reason: str) -> TrainResult:
         val = self.last_eval["val_loss"] if self.last_eval else None
