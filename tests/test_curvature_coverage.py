@@ -3,9 +3,9 @@
 
 import pytest
 import torch
-from infogeom.geometry.operator import DenseOperator
 
 from infogeom.curvature import diagonal, hutchinson, hutchpp, spectral_density
+from infogeom.operators import DenseOperator
 
 N_ESTIMATES = 300
 DIM = 48
