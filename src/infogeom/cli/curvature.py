@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import torch
@@ -14,7 +15,14 @@ from ..errors import InfogeomError
 from ..optim import build_optimizer
 from ..train.checkpoint import load_checkpoint
 from ..train.config import resolve_device
+from ..train.limits import MAX_SEED, check_int, check_memory, estimate_bytes
 from ..train.modeling import load_model, prepare_run_data
+from ..train.rundir import check_output_dir
+
+
+# Largest accepted counts (batch, Krylov and probe budgets, landscape grid).
+LIMITS = {"batch_size": 4096, "k": 1000, "probes": 100_000, "lanczos_steps": 10_000, "density_probes": 10_000,
+          "grid": 1001}
 
 
 def register(subparsers) -> None:
@@ -73,16 +81,25 @@ def _optimizer_from(ckpt: dict, model: torch.nn.Module, cfg) -> torch.optim.Opti
 
 def run(args: argparse.Namespace) -> int:
     what = parse_items(args.what)
-    for name in ("batch_size", "k", "probes", "lanczos_steps", "density_probes", "grid"):
+    for name, high in LIMITS.items():
         if getattr(args, name) < 1:
             raise InfogeomError(f"--{name.replace('_', '-')} must be a positive integer")
+        check_int(getattr(args, name), f"--{name.replace('_', '-')}", 1, high)
+    check_int(args.seed, "--seed", 0, MAX_SEED)
     for name in ("tol", "rho", "span"):
-        if not getattr(args, name) > 0:
+        if not getattr(args, name) > 0 or not math.isfinite(getattr(args, name)):
             raise InfogeomError(f"--{name} must be positive")
     if "interpolate" in what and not args.compare:
         raise InfogeomError("--what interpolate needs a second checkpoint: --compare CHECKPOINT")
+    out = check_output_dir(
+        Path(args.out)
+        if args.out
+        else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "-curvature")
+    )
     device = resolve_device(args.device)
-    model, _, cfg = load_model(args.checkpoint, device)
+    model, tokenizer, cfg = load_model(args.checkpoint, device)
+    check_memory(3 * estimate_bytes(cfg.model, tokenizer.vocab_size, args.batch_size, cfg.data.block_size),
+                 device, f"curvature of a {args.batch_size}x{cfg.data.block_size} batch")
     compare = None
     if "interpolate" in what:
         compare = load_model(args.compare, device)[0].state_dict()
@@ -92,11 +109,6 @@ def run(args: argparse.Namespace) -> int:
         args.split, args.batch_size, block, torch.Generator().manual_seed(args.seed), device=device
     )
     optimizer = _optimizer_from(load_checkpoint(args.checkpoint), model, cfg) if "sharpness" in what else None
-    out = (
-        Path(args.out)
-        if args.out
-        else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "-curvature")
-    )
     options = AnalysisOptions(
         operator=args.operator,
         k=args.k,
