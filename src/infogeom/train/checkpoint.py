@@ -112,15 +112,15 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
 def resolve_checkpoint(spec: str | Path, out_dir: str | Path | None = None,
                        note: Callable[[str], None] = print) -> Path | None:
     """``'latest'`` → the newest checkpoint in ``out_dir`` that verifies (each one skipped is reported through
-    ``note``), or ``None`` for a run stopped before its first checkpoint (``config.toml`` but no checkpoint:
-    the caller starts it afresh). Anything else is a path."""
+    ``note``), or ``None`` for a run stopped before its first checkpoint (its ``config.toml`` or ``.lock`` but
+    no checkpoint: the caller starts it afresh). Anything else is a path."""
     if str(spec) != "latest":
         return Path(spec)
     if not out_dir:
         raise InfogeomError("--resume latest needs the run folder (--out DIR)")
     ckpts = list_checkpoints(out_dir)
     if not ckpts:
-        if (Path(out_dir) / "config.toml").is_file():
+        if any((Path(out_dir) / name).is_file() for name in ("config.toml", ".lock")):
             return None
         raise InfogeomError(f"no checkpoint to resume in {Path(out_dir) / CKPT_DIR}")
     for path in reversed(ckpts):

@@ -297,6 +297,8 @@ def load_config(toml_path: str | Path | None = None, overrides: list[str] | tupl
     cfg = copy.deepcopy(base) if base is not None else TrainConfig()
     if toml_path is not None:
         path = Path(toml_path)
+        if path.exists() and not path.is_file():
+            raise InfogeomError(f"config file {path} is not a regular file")
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
