@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,3 +255,142 @@ def random_flips(data: bytes, n: int, seed: int) -> list[tuple[int, int]]:
     """``n`` (position, xor mask) single-byte flips, positions uniform over the file."""
     rng = random.Random(seed)
     return [(rng.randrange(len(data)), rng.randrange(1, 256)) for _ in range(n)]
+
+
+_ZYGOTE = r"""
+import json, os, sys, time
+import infogeom.cli as cli
+cli.build_parser()  # import every command (torch included) once; children start in milliseconds
+for line in sys.stdin:
+    req = json.loads(line)
+    if "argv" in req:
+        pid = os.fork()
+        if pid == 0:
+            os.dup2(os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+            os.chdir(req["cwd"])
+            os._exit(cli.main(req["argv"]))
+        reply = {"pid": pid}
+    else:
+        deadline, rc = time.monotonic() + req["timeout"], None
+        while rc is None and time.monotonic() < deadline:
+            done, status = os.waitpid(req["wait"], os.WNOHANG)
+            rc = os.waitstatus_to_exitcode(status) if done else time.sleep(0.005)
+        reply = {"rc": rc}
+    print(json.dumps(reply), flush=True)
+"""
+
+
+class ForkServer:
+    """Runs ``infogeom`` commands as real processes forked from one pre-imported interpreter (one-thread
+    torch), so a test can start, kill -9 and restart dozens of them cheaply."""
+
+    def __init__(self):
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-c", _ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=env)
+
+    def _ask(self, req: dict) -> dict:
+        import json
+
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def start(self, argv: list[str], stderr: Path, cwd: Path) -> int:
+        return self._ask({"argv": [str(a) for a in argv], "stderr": str(stderr), "cwd": str(cwd)})["pid"]
+
+    def wait(self, pid: int, timeout: float = 300.0) -> int | None:
+        return self._ask({"wait": pid, "timeout": timeout})["rc"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def same_state(a, b, path: str = "") -> list[str]:
+    """Paths where two checkpoint objects differ (bit-exact tensors). Skipped: ``train_time``, ``config`` (its
+    out_dir) and the Python/NumPy global RNG states, which the trainer carries over but never seeds or uses, so
+    an independent reference process holds its own."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            return [f"{path}: keys {sorted(set(a) ^ set(b), key=str)}"]
+        return [d for k in a if k not in ("train_time", "config", "python", "numpy") for d in same_state(a[k], b[k], f"{path}.{k}")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{path}: lengths {len(a)} != {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in same_state(x, y, f"{path}[{i}]")]
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return [] if a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b) else [path]
+    return [] if a == b or (a != a and b != b) else [path]
+
+
+@dataclass
+class KillReport:
+    kills: int = 0
+    during_writes: int = 0  # kills that left a temporary checkpoint file behind
+    checked: int = 0  # checkpoint files verified after kills
+    corrupt: int = 0
+    resumes: int = 0
+    failed_resumes: int = 0
+    bit_exact: int = 0  # checked checkpoints equal to the uninterrupted run's at the same step
+    final_exact: bool = False
+
+
+def _check_folder(run: Path, reference: dict[int, dict], report: KillReport) -> None:
+    from infogeom.errors import InfogeomError
+    from infogeom.train.checkpoint import list_checkpoints
+
+    for path in list_checkpoints(run):
+        report.checked += 1
+        try:
+            obj = load_checkpoint(path)
+        except InfogeomError:
+            report.corrupt += 1
+            continue
+        report.bit_exact += not same_state(obj, reference[obj["step"]])
+
+
+def kill_chain(server: ForkServer, run: Path, sets: list[str], reference: dict[int, dict], kills: int,
+               targeted: int, duration: float, seed: int) -> KillReport:
+    """Train into ``run``, kill -9 it ``kills`` times at random moments (``targeted`` of them the moment a
+    temporary checkpoint file exists, i.e. during a write), resuming each time; then let it finish."""
+    rng, report = random.Random(seed), KillReport()
+    err = run.parent / f"{run.name}.stderr"
+    plan = ["write"] * targeted + ["random"] * (kills - targeted)
+    rng.shuffle(plan)
+    attempts = 0
+    while plan and attempts < 4 * kills:
+        attempts += 1
+        argv = ["train", "--out", run, *sets] + (["--resume", "latest"] if run.exists() else [])
+        pid = server.start(argv, err, run.parent)
+        if plan[0] == "write":
+            deadline = time.monotonic() + 3 * duration
+            while time.monotonic() < deadline and not any(
+                    n.endswith(".tmp") for n in (os.listdir(run / "checkpoints") if (run / "checkpoints").is_dir()
+                                                 else ())):
+                time.sleep(0.0002)
+        else:
+            time.sleep(rng.uniform(0.0, duration))
+        os.kill(pid, signal.SIGKILL)
+        rc = server.wait(pid)
+        report.resumes += "--resume" in argv
+        if rc != -signal.SIGKILL:  # finished (or failed) before the kill landed
+            report.failed_resumes += rc != 0
+            if rc == 0:
+                break  # the run is complete: no more moments to kill it at
+            continue
+        report.kills += 1
+        plan.pop(0)
+        report.during_writes += any(p.suffix == ".tmp" for p in run.rglob("*.tmp"))
+        _check_folder(run, reference, report)
+    pid = server.start(["train", "--out", run, *sets, "--resume", "latest"], err, run.parent)
+    rc = server.wait(pid)
+    report.resumes += 1
+    report.failed_resumes += rc != 0
+    from infogeom.train.checkpoint import list_checkpoints
+
+    final = list_checkpoints(run)
+    report.final_exact = bool(final) and not same_state(load_checkpoint(final[-1]), reference[max(reference)])
+    _check_folder(run, reference, report)
+    return report
