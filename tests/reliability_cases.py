@@ -7,6 +7,7 @@ changed; plus the bit-level helpers of the kill and byte-flip tests.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 import signal
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from infogeom.train import load_config, train
+from infogeom.train import Callback, load_config, train
 from infogeom.train.checkpoint import load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +59,8 @@ def _malformed(good: dict) -> dict[str, dict]:
 
     return {
         "step_text": edit(step="ten"), "step_negative": edit(step=-3), "config_text": edit(config="garbage"),
-        "config_block_1e9": config("model", "block_size", 10**9), "config_layers_1e6": config("model", "n_layer", 10**6),
+        "config_block_1e9": config("model", "block_size", 10**9),
+        "config_layers_1e6": config("model", "n_layer", 10**6),
         "config_width_text": config("model", "n_embd", "wide"), "config_unknown_key": config("model", "colour", 1),
         "config_lr_nan": config("optim", "lr", float("nan")), "config_batch_1e9": config("data", "batch_size", 10**9),
         "tokenizer_garbage": edit(tokenizer={"x": 1}), "model_empty": edit(model={}),
@@ -127,7 +129,8 @@ def cases(env: Env) -> list[tuple[str, list[str]]]:
     table: list[tuple[str, list[str]]] = []
 
     def train_case(name: str, *args: str, out: Path = new, **settings) -> None:
-        table.append((f"train-{name}", ["train", "--out", str(out), *tiny_sets(env, **{"max_steps": 4, **settings}), *args]))
+        sets = tiny_sets(env, **{"max_steps": 4, **settings})
+        table.append((f"train-{name}", ["train", "--out", str(out), *sets, *args]))
 
     for key, value in [
         ("seed", "99999999999999999999"), ("seed", "-1"), ("seed", "1.5"), ("model.n_layer", "1000000"),
@@ -315,7 +318,8 @@ def same_state(a, b, path: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         if set(a) != set(b):
             return [f"{path}: keys {sorted(set(a) ^ set(b), key=str)}"]
-        return [d for k in a if k not in ("train_time", "config", "python", "numpy") for d in same_state(a[k], b[k], f"{path}.{k}")]
+        keys = [k for k in a if k not in ("train_time", "config", "python", "numpy")]
+        return [d for k in keys for d in same_state(a[k], b[k], f"{path}.{k}")]
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         if len(a) != len(b):
             return [f"{path}: lengths {len(a)} != {len(b)}"]
@@ -394,3 +398,28 @@ def kill_chain(server: ForkServer, run: Path, sets: list[str], reference: dict[i
     report.final_exact = bool(final) and not same_state(load_checkpoint(final[-1]), reference[max(reference)])
     _check_folder(run, reference, report)
     return report
+
+
+class PoisonGradient(Callback):
+    """Makes the gradient of the first parameter NaN in step ``at``; records the weights around it."""
+
+    def __init__(self, at: int):
+        self.at, self.before, self.after = at, None, None
+
+    def on_step_end(self, trainer, metrics):
+        params = list(trainer.model.parameters())
+        if trainer.step == self.at - 1:
+            self.before = [p.detach().clone() for p in params]
+            handle = {}
+            handle["h"] = params[0].register_hook(lambda g: (handle["h"].remove(), g * math.nan)[1])
+        elif trainer.step == self.at:
+            self.after = [p.detach().clone() for p in params]
+
+
+class BlowUpLearningRate(Callback):
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_step_end(self, trainer, metrics):
+        if trainer.step == self.at:
+            trainer.scheduler.base_lrs = [lr * 1e30 for lr in trainer.scheduler.base_lrs]

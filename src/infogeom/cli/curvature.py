@@ -19,7 +19,6 @@ from ..train.limits import MAX_SEED, check_int, check_memory, estimate_bytes
 from ..train.modeling import load_model, prepare_run_data
 from ..train.rundir import check_output_dir
 
-
 # Largest accepted counts (batch, Krylov and probe budgets, landscape grid).
 LIMITS = {"batch_size": 4096, "k": 1000, "probes": 100_000, "lanczos_steps": 10_000, "density_probes": 10_000,
           "grid": 1001}

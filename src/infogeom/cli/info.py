@@ -9,12 +9,12 @@ import platform
 import torch
 
 from .. import __version__
+from ..data import tokenizer_from_dict
 from ..data.cache import cache_root
 from ..data.corpus import CORPUS_HELP
 from ..data.tokenizer import TOKENIZER_HELP
 from ..optim import OPTIMIZERS
 from ..train.checkpoint import load_checkpoint
-from ..data import tokenizer_from_dict
 from ..train.modeling import build_model, config_of, load_state
 
 OPTIONAL = ("transformers", "datasets", "tensorboard", "pennylane")

@@ -28,8 +28,8 @@ import torch
 from ..errors import InfogeomError
 from .cache import cache_root, ensure_dir, make_temp_dir, sha256_hex
 from .corpus import load_corpus
-from .tokenizer import Tokenizer, build_tokenizer, load_tokenizer, parse_tokenizer_spec
 from .text import MAX_CORPUS_BYTES
+from .tokenizer import Tokenizer, build_tokenizer, load_tokenizer, parse_tokenizer_spec
 
 SPLITS = ("train", "val")
 CACHE_VERSION = 1

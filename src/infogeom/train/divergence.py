@@ -44,7 +44,7 @@ class DivergenceMonitor:
         if reason is None and update is not None:
             if not math.isfinite(update):
                 reason = f"update norm became {update}"
-            elif len(self.updates) >= MIN_UPDATES and update > self.update_factor * (
+            elif len(self.updates) >= min(MIN_UPDATES, self.updates.maxlen) and update > self.update_factor * (
                     m := statistics.median(self.updates)):
                 reason = f"update norm per unit lr {update:.4g} is {update / m:.3g}x the running median {m:.4g}"
         if reason is not None:

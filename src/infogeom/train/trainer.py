@@ -182,7 +182,8 @@ class Trainer:
                 f"{ckpt.get('vocab_size')} tokens) than this run's data ({self.data.tokenizer.spec}, "
                 f"{self.data.vocab_size} tokens)")
         m, b, T = cfg.model, cfg.data.batch_size // d.world_size, cfg.data.block_size
-        check_memory(estimate_bytes(m, self.data.vocab_size, b, T, stored_tokens=2 * cfg.eval_batches * cfg.data.batch_size * T),
+        stored = 2 * cfg.eval_batches * cfg.data.batch_size * T  # the fixed evaluation batches, both splits
+        check_memory(estimate_bytes(m, self.data.vocab_size, b, T, stored_tokens=stored),
                      self.device, f"this model ({m.n_layer} layers, width {m.n_embd}, context {m.block_size}) "
                      f"with a {b}x{T} batch and {cfg.eval_batches} eval batches")
 
