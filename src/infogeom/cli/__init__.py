@@ -48,6 +48,10 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def _error(text: str) -> int:
+    if "tqdm" in sys.modules:  # clear any progress bar still on the terminal, so the error stands alone
+        for bar in list(getattr(sys.modules["tqdm"].tqdm, "_instances", ())):
+            bar.leave = False
+            bar.close()
     print(f"infogeom: error: {' '.join(text.split())[:1000]}", file=sys.stderr)
     return 2
 
