@@ -10,6 +10,7 @@ import hashlib
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -272,6 +273,16 @@ for line in sys.stdin:
             os.dup2(os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
             os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
             os.chdir(req["cwd"])
+            if req.get("kill_at_write"):  # kill -9 in the n-th checkpoint write, after its bytes, before rename
+                left, real = [req["kill_at_write"]], os.fsync
+                def fsync(fd):
+                    real(fd)
+                    path = os.readlink(f"/proc/self/fd/{fd}")
+                    if "/checkpoints/." in path and path.endswith(".tmp"):
+                        left[0] -= 1
+                        if left[0] == 0:
+                            os.kill(os.getpid(), 9)
+                os.fsync = fsync
             os._exit(cli.main(req["argv"]))
         reply = {"pid": pid}
     else:
@@ -300,8 +311,11 @@ class ForkServer:
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
 
-    def start(self, argv: list[str], stderr: Path, cwd: Path) -> int:
-        return self._ask({"argv": [str(a) for a in argv], "stderr": str(stderr), "cwd": str(cwd)})["pid"]
+    def start(self, argv: list[str], stderr: Path, cwd: Path, kill_at_write: int = 0) -> int:
+        """Start ``infogeom ARGV``; ``kill_at_write=n``: the process kills itself (-9) in its n-th checkpoint
+        write, between writing the temporary file and renaming it."""
+        return self._ask({"argv": [str(a) for a in argv], "stderr": str(stderr), "cwd": str(cwd),
+                          "kill_at_write": kill_at_write})["pid"]
 
     def wait(self, pid: int, timeout: float = 300.0) -> int | None:
         return self._ask({"wait": pid, "timeout": timeout})["rc"]
@@ -355,10 +369,23 @@ def _check_folder(run: Path, reference: dict[int, dict], report: KillReport) -> 
         report.bit_exact += not same_state(obj, reference[obj["step"]])
 
 
+def _temp_files(run: Path) -> list[str]:
+    folder = run / "checkpoints"
+    return [n for n in os.listdir(folder) if n.endswith(".tmp")] if folder.is_dir() else []
+
+
+def _lock_pid(run: Path) -> str:
+    try:
+        return (run / ".lock").read_text().strip()
+    except OSError:
+        return ""
+
+
 def kill_chain(server: ForkServer, run: Path, sets: list[str], reference: dict[int, dict], kills: int,
                targeted: int, duration: float, seed: int) -> KillReport:
     """Train into ``run``, kill -9 it ``kills`` times at random moments (``targeted`` of them the moment a
-    temporary checkpoint file exists, i.e. during a write), resuming each time; then let it finish."""
+    process is in a checkpoint write: after the temporary file, before the rename), resuming each time; then
+    let it finish."""
     rng, report = random.Random(seed), KillReport()
     err = run.parent / f"{run.name}.stderr"
     plan = ["write"] * targeted + ["random"] * (kills - targeted)
@@ -367,26 +394,25 @@ def kill_chain(server: ForkServer, run: Path, sets: list[str], reference: dict[i
     while plan and attempts < 4 * kills:
         attempts += 1
         argv = ["train", "--out", run, *sets] + (["--resume", "latest"] if run.exists() else [])
-        pid = server.start(argv, err, run.parent)
-        if plan[0] == "write":
-            deadline = time.monotonic() + 3 * duration
-            while time.monotonic() < deadline and not any(
-                    n.endswith(".tmp") for n in (os.listdir(run / "checkpoints") if (run / "checkpoints").is_dir()
-                                                 else ())):
-                time.sleep(0.0002)
-        else:
+        old_temps = set(_temp_files(run))
+        pid = server.start(argv, err, run.parent, kill_at_write=rng.randint(1, 6) if plan[0] == "write" else 0)
+        if plan[0] == "random":
+            deadline = time.monotonic() + 5 + 5 * duration  # moments count from the folder's take-over (lock)
+            while time.monotonic() < deadline and _lock_pid(run) != str(pid):
+                time.sleep(0.001)
             time.sleep(rng.uniform(0.0, duration))
-        os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         rc = server.wait(pid)
         report.resumes += "--resume" in argv
         if rc != -signal.SIGKILL:  # finished (or failed) before the kill landed
             report.failed_resumes += rc != 0
-            if rc == 0:
-                break  # the run is complete: no more moments to kill it at
+            if rc == 0:  # the run completed before the kill: start it over (its checks are done)
+                _check_folder(run, reference, report)
+                shutil.rmtree(run)
             continue
         report.kills += 1
         plan.pop(0)
-        report.during_writes += any(p.suffix == ".tmp" for p in run.rglob("*.tmp"))
+        report.during_writes += bool(set(_temp_files(run)) - old_temps)
         _check_folder(run, reference, report)
     pid = server.start(["train", "--out", run, *sets, "--resume", "latest"], err, run.parent)
     rc = server.wait(pid)

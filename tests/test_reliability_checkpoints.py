@@ -14,6 +14,7 @@ from infogeom.cli import main
 from infogeom.errors import InfogeomError
 from infogeom.train import load_config, train
 from infogeom.train.checkpoint import list_checkpoints, load_checkpoint
+from infogeom.train.modeling import prepare_run_data
 from infogeom.train.rundir import LOCK_FILE, RunLock
 
 
@@ -60,6 +61,7 @@ def test_every_flipped_byte_of_a_checkpoint_is_refused(corpus, tmp_path):
 
 def test_kill_minus_9_never_corrupts_and_resumes_bit_exactly(corpus, tmp_path, server):
     run_settings = settings(corpus, max_steps=60, eval_every=20, ckpt_every=2, keep_last=3)
+    prepare_run_data(load_config(None, [f"{k}={v}" for k, v in run_settings.items()]).data)  # warm the cache
     start = time.perf_counter()
     train(load_config(None, [f"{k}={v}" for k, v in {**run_settings, "keep_last": 10**6,
                                                      "out_dir": tmp_path / "ref"}.items()]))

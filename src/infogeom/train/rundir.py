@@ -47,6 +47,17 @@ def check_output_file(path: str | Path, what: str = "--out") -> Path:
     return path
 
 
+def _lock_or_refuse(fd: int, folder: Path) -> None:
+    """``flock(fd)`` without waiting; if another process holds it, close ``fd`` and refuse, naming its pid."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise InfogeomError(f"{folder} is in use by another infogeom process (pid {holder}); wait for it to "
+                            f"finish or choose another --out") from None
+
+
 class RunLock:
     """Exclusive lock on run folder ``out_dir`` (created if needed) until :meth:`release` or process exit."""
 
@@ -57,15 +68,19 @@ class RunLock:
             self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise InfogeomError(f"cannot create run folder {self.path.parent}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(self._fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            self.release()
-            raise InfogeomError(f"{self.path.parent} is in use by another infogeom process (pid {holder}); "
-                                f"wait for it to finish or choose another --out") from None
+        _lock_or_refuse(self._fd, self.path.parent)
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    @staticmethod
+    def check(out_dir: str | Path) -> None:
+        """Refuse now if another process holds ``out_dir`` (reads only: nothing is created or written)."""
+        try:
+            fd = os.open(Path(out_dir) / LOCK_FILE, os.O_RDONLY)
+        except OSError:  # no lock file: nobody ever held the folder
+            return
+        _lock_or_refuse(fd, Path(out_dir))
+        os.close(fd)
 
     def release(self) -> None:
         """Drop the lock (closing the descriptor releases the flock); idempotent."""

@@ -70,7 +70,7 @@ from .evaluation import eval_batches, mean_loss
 from .limits import check_memory, estimate_bytes
 from .metrics import METRICS_FILE, MetricsLogger, read_metrics
 from .modeling import build_model, load_state, prepare_run_data
-from .rundir import LOCK_FILE, RunLock, check_output_dir
+from .rundir import RunLock, check_output_dir
 from .schedule import build_scheduler
 
 # Model settings that do not change the parameters' shapes may differ on resume.
@@ -226,8 +226,8 @@ class Trainer:
 
     def _check_folder(self, same_run: bool) -> None:
         check_output_dir(self.out_dir)
-        if self._lock is None and (self.out_dir / LOCK_FILE).is_file():
-            RunLock(self.out_dir).release()  # refuses now, naming the pid, if another process holds the folder
+        if self._lock is None:
+            RunLock.check(self.out_dir)  # another live writer is refused before any work, naming its pid
         if not same_run:
             _check_fresh(self.out_dir)
 
