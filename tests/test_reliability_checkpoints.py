@@ -60,7 +60,7 @@ def test_every_flipped_byte_of_a_checkpoint_is_refused(corpus, tmp_path):
 
 
 def test_kill_minus_9_never_corrupts_and_resumes_bit_exactly(corpus, tmp_path, server):
-    run_settings = settings(corpus, max_steps=60, eval_every=20, ckpt_every=2, keep_last=3)
+    run_settings = settings(corpus, max_steps=40, eval_every=20, ckpt_every=2, keep_last=3)
     prepare_run_data(load_config(None, [f"{k}={v}" for k, v in run_settings.items()]).data)  # warm the cache
     start = time.perf_counter()
     train(load_config(None, [f"{k}={v}" for k, v in {**run_settings, "keep_last": 10**6,
