@@ -13,7 +13,7 @@ more than ``MAX_SKIPS`` skips in a row stop the run. Losses and update norms sta
 once per ``log_every`` steps (every step only when callbacks are attached, since their ``metrics`` carry the
 loss) and before every evaluation and checkpoint; a :class:`~.divergence.DivergenceMonitor` stops the run on a
 non-finite or exploding loss or update (relative to the running median) before anything is saved, and each
-checkpoint's weights are first probed on a validation batch, so the last checkpoint on disk is a good one.
+checkpoint's weights are first probed on a fixed training batch, so the last checkpoint on disk is a good one.
 
 The run folder is locked (:class:`~.rundir.RunLock`) from construction to :meth:`Trainer.close` or the end of
 :meth:`Trainer.fit`; leftover temporary files of a killed write are removed under the lock. A folder counts as
