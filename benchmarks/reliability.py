@@ -13,6 +13,9 @@
   step 5 (the run must stop naming the step, with a last good checkpoint whose loss is finite, or train on).
 * **Concurrency**: two processes started together on one folder (exactly one may train).
 * **Start-up Ctrl-C**: SIGINT at random moments of ``infogeom info`` start-up (one line at most, no traceback).
+* **torchrun**: ``python -m infogeom.launch --nproc_per_node=2 -m infogeom train``, Ctrl-C to the process group
+  once it has a checkpoint (exit 130, at most one line per rank plus one, no traceback), and a bad input (each
+  rank's one error line, exit 2).
 
     python benchmarks/reliability.py [--quick] [--out benchmarks/results/reliability.json]
 """
@@ -192,6 +195,30 @@ def startup_interrupts(trials: int, seed: int) -> dict:
     return {"trials": trials, "clean": clean}
 
 
+def launcher(corpus: Path, root: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    sets = [x for k, v in tiny(corpus, eval_every=0, ckpt_every=20).items() for x in ("--set", f"{k}={v}")]
+    out = {}
+    for case, extra in (("interrupt", []), ("bad_input", ["--set", "model.n_layer=0"])):
+        run = root / f"ddp-{case}"
+        argv = [sys.executable, "-m", "infogeom.launch", "--nproc_per_node=2", "-m", "infogeom", "train", "--out",
+                str(run), *sets, "--max-steps", "100000", *extra]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)
+        if case == "interrupt":
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not list_checkpoints(run):
+                time.sleep(0.2)
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: every process of the group
+        _, err = proc.communicate(timeout=300)
+        lines = err.strip().splitlines()
+        ok = "Traceback" not in err and (
+            proc.returncode == 130 and 1 <= len(lines) <= 3 if case == "interrupt"
+            else proc.returncode == 2 and len(lines) == 2 and all(x.startswith("infogeom: error: ") for x in lines))
+        out[case] = {"clean": ok, "exit": proc.returncode, "stderr_lines": len(lines)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer kills, flips and fresh processes")
@@ -217,6 +244,7 @@ def main() -> None:
         result["divergence"] = divergence(env.corpus, tmp)
         result["concurrency"] = concurrency(env.corpus, tmp, server, 3)
         result["startup_interrupts"] = startup_interrupts(4 if args.quick else 8, args.seed)
+        result["torchrun"] = launcher(env.corpus, tmp)
         result["seconds"] = time.perf_counter() - t0
     server.close()
     f, k, b = result["fuzz"], result["kill"], result["flips"]
@@ -236,6 +264,9 @@ def main() -> None:
     c, s = result["concurrency"], result["startup_interrupts"]
     print(f"concurrency:  two started together, exactly one refused in {c['one_refused']}/{c['trials']}")
     print(f"start-up ^C:  {s['clean']}/{s['trials']} clean")
+    for case, row in result["torchrun"].items():
+        print(f"launch {case}: {'clean' if row['clean'] else 'NOT clean'} (exit {row['exit']}, "
+              f"{row['stderr_lines']} stderr lines)")
     if f["not_clean"]:
         print("not clean: " + json.dumps(f["not_clean"])[:3000])
     args.out.parent.mkdir(parents=True, exist_ok=True)

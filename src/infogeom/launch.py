@@ -17,10 +17,14 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     try:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+        from torch.distributed.elastic.agent.server import api  # noqa: F401 - its logger is silenced below
         from torch.distributed.elastic.multiprocessing.api import SignalException
         from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
         from torch.distributed.run import parse_args, run
+
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith("torch.distributed"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
 
         try:
             run(parse_args(argv))
