@@ -4,17 +4,21 @@ Each command lives in its own module under ``infogeom.cli`` exposing ``register(
 whose ``func(args) -> int`` runs it. Bad input raises :class:`infogeom.errors.InfogeomError`; ``main`` prints it as
 one line ``infogeom: error: ...`` and exits with code 2 (no traceback), as it does for an operating-system error
 (disk full, permission denied) or an allocation failure. Warnings (ours, torch's, transformers') are one line
-``infogeom: warning: ...`` each, shown once; Ctrl-C at any moment, start-up imports included, is one line and
-exit code 130.
+``infogeom: warning: ...`` each, shown once; Ctrl-C at any moment, start-up imports included (held back until
+they finish), is one line and exit code 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 
 from ..errors import InfogeomError
 
@@ -47,6 +51,23 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"infogeom: warning: {text[:300]}", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C back while the command modules (torch, numpy, ...) import — an interrupt inside a C extension's
+    initialization can abort the process or leave a half-imported module — then raise it as KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def _error(text: str) -> int:
     if "tqdm" in sys.modules:  # clear any progress bar still on the terminal, so the error stands alone
         for bar in list(getattr(sys.modules["tqdm"].tqdm, "_instances", ())):
@@ -63,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("once")
             warnings.showwarning = _one_line_warning
-            parser = build_parser()
+            with _deferred_interrupt():
+                parser = build_parser()
             try:
                 args = parser.parse_args(argv)
             except SystemExit as exc:  # --help, or a usage error already printed as one line
