@@ -134,7 +134,7 @@ def test_missing_corrupted_truncated_and_foreign_checkpoints(run_dir, tmp_path, 
     torch.save(argparse.Namespace(x=1), tmp_path / "code.pt")  # needs unpickling code: refused
     unreadable = "corrupted, truncated or not a checkpoint"
     cases = {"missing.pt": "checkpoint not found", "random.pt": unreadable, "truncated.pt": unreadable,
-             "foreign.pt": "not an infogeom checkpoint", "code.pt": unreadable}
+             "foreign.pt": "no infogeom checksum", "code.pt": unreadable}
     before = file_bytes(tmp_path)
     for name, match in cases.items():
         for command in (["eval"], ["sample"], ["info"]):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,13 @@ from ..errors import InfogeomError
 from ..optim import build_optimizer
 from ..train.checkpoint import load_checkpoint
 from ..train.config import resolve_device
+from ..train.limits import MAX_SEED, check_int, check_memory, estimate_bytes
 from ..train.modeling import load_model, prepare_run_data
+from ..train.rundir import check_output_dir
+
+# Largest accepted counts (batch, Krylov and probe budgets, landscape grid).
+LIMITS = {"batch_size": 4096, "k": 1000, "probes": 100_000, "hutchpp_probes": 100_000, "lanczos_steps": 10_000,
+          "density_probes": 10_000, "block_steps": 10_000, "grid": 1001, "threads": 1024}
 
 WIDTHS = (34, 22)  # table columns: rows are printed as items finish, so the widths are fixed
 
@@ -91,19 +98,29 @@ def _optimizer_from(ckpt: dict, model: torch.nn.Module, cfg) -> torch.optim.Opti
 
 def run(args: argparse.Namespace) -> int:
     what = parse_items(args.what)
-    sizes = ("probes", "hutchpp_probes", "lanczos_steps", "density_probes", "block_steps", "grid", "threads")
-    for name in ("batch_size", "k", *sizes):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
+    for name, high in LIMITS.items():  # unset sizes (None) come from --budget
+        if getattr(args, name) is None:
+            continue
+        if getattr(args, name) < 1:
             raise InfogeomError(f"--{name.replace('_', '-')} must be a positive integer")
-    if not args.budget >= 0:
+        check_int(getattr(args, name), f"--{name.replace('_', '-')}", 1, high)
+    check_int(args.seed, "--seed", 0, MAX_SEED)
+    if not args.budget >= 0 or not math.isfinite(args.budget):
         raise InfogeomError("--budget must be a number of seconds >= 0 (0 = fixed default sizes)")
     for name in ("tol", "rho", "span"):
-        if not getattr(args, name) > 0:
+        if not getattr(args, name) > 0 or not math.isfinite(getattr(args, name)):
             raise InfogeomError(f"--{name} must be positive")
     if "interpolate" in what and not args.compare:
         raise InfogeomError("--what interpolate needs a second checkpoint: --compare CHECKPOINT")
+    out = check_output_dir(
+        Path(args.out)
+        if args.out
+        else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "-curvature")
+    )
     device = resolve_device(args.device)
-    model, _, cfg = load_model(args.checkpoint, device)
+    model, tokenizer, cfg = load_model(args.checkpoint, device)
+    check_memory(3 * estimate_bytes(cfg.model, tokenizer.vocab_size, args.batch_size, cfg.data.block_size),
+                 device, f"curvature of a {args.batch_size}x{cfg.data.block_size} batch")
     compare = None
     if "interpolate" in what:
         compare = load_model(args.compare, device)[0].state_dict()
@@ -114,11 +131,6 @@ def run(args: argparse.Namespace) -> int:
     )
     ckpt = load_checkpoint(args.checkpoint)
     optimizer = _optimizer_from(ckpt, model, cfg) if "sharpness" in what else None
-    out = (
-        Path(args.out)
-        if args.out
-        else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "-curvature")
-    )
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     step = ckpt.get("step", "?")
     options = AnalysisOptions(

@@ -9,6 +9,7 @@ from ..data import TokenData, load_corpus
 from ..errors import InfogeomError
 from ..train.config import resolve_device
 from ..train.evaluation import eval_batches, mean_loss
+from ..train.limits import MAX_SEED, check_int, check_memory, estimate_bytes
 from ..train.modeling import load_model, prepare_run_data
 
 
@@ -34,10 +35,19 @@ def run(args: argparse.Namespace) -> int:
     for name in ("batches", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise InfogeomError(f"--{name.replace('_', '-')} must be a positive integer")
+        if getattr(args, name) is not None:
+            check_int(getattr(args, name), f"--{name.replace('_', '-')}", 1, 1 << 20)
+    if args.seed is not None:
+        check_int(args.seed, "--seed", 0, MAX_SEED)
     device = resolve_device(args.device)
     model, tokenizer, cfg = load_model(args.checkpoint, device)
+    n = args.batches or cfg.eval_batches
+    batch = args.batch_size or cfg.data.batch_size
+    T = cfg.data.block_size
+    check_memory(estimate_bytes(cfg.model, tokenizer.vocab_size, batch, T, training=False,
+                                stored_tokens=n * batch * T), device, f"evaluating {n} batches of {batch}x{T}")
     if args.corpus:
-        ids = tokenizer.encode_array(load_corpus(args.corpus))
+        ids = tokenizer.encode_array(load_corpus(args.corpus, cfg.data.max_corpus_mb << 20))
         data, source = TokenData(tokenizer, ids, ids), f"{args.corpus} (all text)"
     else:
         data = prepare_run_data(cfg.data)
@@ -45,10 +55,7 @@ def run(args: argparse.Namespace) -> int:
             raise InfogeomError(f"corpus {cfg.data.corpus!r} now yields another {cfg.data.tokenizer} "
                                 f"vocabulary than the checkpoint's (evaluate a given text with --corpus)")
         source = f"{cfg.data.corpus} ({args.split} split)"
-    n = args.batches or cfg.eval_batches
-    batch = args.batch_size or cfg.data.batch_size
     seed = cfg.seed if args.seed is None else args.seed
-    T = cfg.data.block_size
     loss = float(mean_loss(model, eval_batches(data, args.split, n, batch, T, seed), device))
     print(f"checkpoint: {args.checkpoint}")
     print(f"data:       {source}, {n} batches x {batch} sequences x {T} tokens, seed {seed}")

@@ -9,12 +9,13 @@ import platform
 import torch
 
 from .. import __version__
+from ..data import tokenizer_from_dict
 from ..data.cache import cache_root
 from ..data.corpus import CORPUS_HELP
 from ..data.tokenizer import TOKENIZER_HELP
 from ..optim import OPTIMIZERS
 from ..train.checkpoint import load_checkpoint
-from ..train.modeling import build_model, config_of
+from ..train.modeling import build_model, config_of, load_state
 
 OPTIONAL = ("transformers", "datasets", "tensorboard", "pennylane")
 
@@ -46,8 +47,10 @@ def _checkpoint_summary(path: str) -> list[str]:
     ckpt = load_checkpoint(path)
     cfg = config_of(ckpt, path)
     m, d, o = cfg.model, cfg.data, cfg.optim
+    tokenizer_from_dict(ckpt["tokenizer"])
     with torch.device("meta"):  # shapes only: no memory, no initialization cost
         model = build_model(m, int(ckpt["vocab_size"]))
+    load_state(model, ckpt["model"], path)  # names and shapes must match (copies into meta tensors are no-ops)
     n, n_body = model.num_parameters(), model.num_parameters(non_embedding=True)
     flops = (f"{model.flops_per_token(d.block_size):,.0f} per token for training (6·N_non-emb + 12·L·T·C at "
              f"T={d.block_size})" if hasattr(model, "flops_per_token") else "n/a for this architecture")

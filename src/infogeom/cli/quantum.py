@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from datetime import datetime
 from pathlib import Path
 
 from ..errors import InfogeomError
+from ..train.limits import check_int
+from ..train.rundir import check_output_file
+
+# Accepted ranges of the counts (the state vector has 2^n_qubits amplitudes per input).
+LIMITS = {"seeds": 1000, "steps": 10**7, "batch_size": 4096, "block_size": 4096, "n_qubits": 16, "n_layers": 100,
+          "n_embd": 1 << 16, "recompute_every": 10**7, "max_inputs": 1 << 20, "threads": 1024}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,8 +55,14 @@ def run(args: argparse.Namespace) -> int:
 
     from ..study.ablation import AblationConfig, format_summary, plot_curves, run_ablation
 
-    if args.threads < 1:
-        raise InfogeomError("--threads must be a positive integer")
+    for name, high in LIMITS.items():
+        check_int(getattr(args, name), f"--{name.replace('_', '-')}", 1, high)
+    for name in ("lr", "qng_lr", "damping"):
+        value = getattr(args, name)
+        if not (value > 0 or (name == "damping" and value == 0)) or not math.isfinite(value):
+            raise InfogeomError(f"--{name.replace('_', '-')} must be a finite "
+                                f"{'non-negative' if name == 'damping' else 'positive'} number, got {value}")
+    check_output_file(args.out)
     torch.set_num_threads(args.threads)
     cfg = AblationConfig(task=args.task, corpus=args.corpus, arms=tuple(args.arms), seeds=args.seeds,
                          steps=args.steps, batch_size=args.batch_size, block_size=args.block_size,

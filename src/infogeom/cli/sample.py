@@ -9,6 +9,7 @@ import torch
 from ..errors import InfogeomError
 from ..models.gpt import generate
 from ..train.config import resolve_device
+from ..train.limits import MAX_SEED, check_int, check_memory, estimate_bytes
 from ..train.modeling import load_model
 
 
@@ -38,8 +39,18 @@ def run(args: argparse.Namespace) -> int:
         raise InfogeomError(f"--top-k must be a positive integer, got {args.top_k}")
     if args.num_samples < 1:
         raise InfogeomError(f"--num-samples must be a positive integer, got {args.num_samples}")
+    if args.temperature == float("inf"):
+        raise InfogeomError("--temperature must be finite")
+    check_int(args.tokens, "--tokens", 0, 1_000_000)
+    check_int(args.num_samples, "--num-samples", 1, 100_000)
+    check_int(args.seed, "--seed", 0, MAX_SEED)
+    if args.top_k is not None:
+        check_int(args.top_k, "--top-k", 1, 1 << 24)
     device = resolve_device(args.device)
     model, tokenizer, cfg = load_model(args.checkpoint, device)
+    check_memory(estimate_bytes(cfg.model, tokenizer.vocab_size, args.num_samples, cfg.model.block_size,
+                                training=False, stored_tokens=args.num_samples * args.tokens), device,
+                 f"sampling {args.num_samples} x {args.tokens} tokens")
     prompt = tokenizer.encode(args.prompt or "\n")
     if not prompt:
         raise InfogeomError("the prompt encodes to no tokens")

@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     resume = None
     if args.resume:  # the checkpoint's config is the base; the file and flags change what they name
         out_dir = load_config(args.config, overrides, validate=False).out_dir
-        resume = resolve_checkpoint(args.resume, out_dir or None)
+        resume = resolve_checkpoint(args.resume, out_dir or None, note=lambda s: print(s, file=sys.stderr))
+    if resume is not None:
         base = config_of(load_checkpoint(resume), resume)
         base.out_dir = str(run_dir_of(resume))
         cfg = load_config(args.config, overrides, base=base)
@@ -120,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
         print(dumps_toml(cfg), end="")
         return 0
     main = int(os.environ.get("RANK", "0")) == 0
+    if args.resume and resume is None:
+        print(f"infogeom: note: {cfg.out_dir} holds no checkpoint (a run stopped before its first one); "
+              f"starting it from step 0", file=sys.stderr)
     callbacks = [_monitor(args)] if args.monitor else []
     trainer = Trainer(cfg, resume=resume, callbacks=callbacks)
     try:

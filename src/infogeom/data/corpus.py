@@ -14,13 +14,14 @@ from pathlib import Path
 from ..errors import InfogeomError
 from .huggingface import load_hf_corpus
 from .shakespeare import load_shakespeare
-from .text import join_documents, read_text_path
+from .text import MAX_CORPUS_BYTES, check_size, join_documents, read_text_path
 
 CORPUS_HELP = "shakespeare, pydoc, a path to a .txt file or folder, or hf:NAME[:CONFIG]"
 
 
-def load_corpus(spec: str = "shakespeare") -> str:
-    """The text of corpus ``spec`` (see above). Bad specs and unreadable files raise InfogeomError."""
+def load_corpus(spec: str = "shakespeare", max_bytes: int = MAX_CORPUS_BYTES) -> str:
+    """The text of corpus ``spec`` (see above), at most ``max_bytes`` bytes for local files and ``hf:``
+    datasets. Bad specs and unreadable, oversized or non-regular files raise InfogeomError."""
     spec = str(spec).strip()
     if not spec:
         raise InfogeomError(f"empty corpus spec; choose {CORPUS_HELP}")
@@ -32,10 +33,12 @@ def load_corpus(spec: str = "shakespeare") -> str:
         name, _, config = spec[3:].partition(":")
         if not name:
             raise InfogeomError(f"corpus {spec!r} names no dataset; use hf:NAME[:CONFIG]")
-        return load_hf_corpus(name, config or None)
+        text = load_hf_corpus(name, config or None)
+        check_size(len(text), max_bytes, f"corpus {spec}")
+        return text
     path = Path(spec).expanduser()
     if path.exists() or _looks_like_path(spec):
-        return read_text_path(path)
+        return read_text_path(path, max_bytes)
     raise InfogeomError(f"unknown corpus {spec!r}; choose {CORPUS_HELP}")
 
 

@@ -28,6 +28,7 @@ import torch
 from ..errors import InfogeomError
 from .cache import cache_root, ensure_dir, make_temp_dir, sha256_hex
 from .corpus import load_corpus
+from .text import MAX_CORPUS_BYTES
 from .tokenizer import Tokenizer, build_tokenizer, load_tokenizer, parse_tokenizer_spec
 
 SPLITS = ("train", "val")
@@ -94,14 +95,15 @@ def split_text(text: str, val_fraction: float) -> tuple[str, str]:
 
 
 def prepare_data(corpus: str = "shakespeare", tokenizer: str = "char", val_fraction: float = 0.1,
-                 cache_dir: str | Path | None = None) -> TokenData:
-    """Load ``corpus``, split it, build ``tokenizer``, tokenize both splits — or memory-map the cache."""
+                 cache_dir: str | Path | None = None, max_bytes: int = MAX_CORPUS_BYTES) -> TokenData:
+    """Load ``corpus`` (at most ``max_bytes``), split it, build ``tokenizer``, tokenize both splits — or
+    memory-map the cache."""
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not (
             math.isfinite(val_fraction) and 0.0 < val_fraction < 1.0):
         raise InfogeomError(f"val_fraction must be a number strictly between 0 and 1, got {val_fraction!r}")
     kind, n = parse_tokenizer_spec(tokenizer)
     spec = f"bpe:{n}" if kind == "bpe" else kind
-    text = load_corpus(corpus)
+    text = load_corpus(corpus, max_bytes)
     corpus_sha = sha256_hex(text)
     key = sha256_hex(json.dumps({"version": CACHE_VERSION, "corpus_sha256": corpus_sha, "tokenizer": spec,
                                  "val_fraction": float(val_fraction)}, sort_keys=True))

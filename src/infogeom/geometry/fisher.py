@@ -204,8 +204,12 @@ class GGNOperator(OutputCurvatureOperator):
 def sample_labels(probs: torch.Tensor, num_samples: int,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """``num_samples`` labels per position from ``probs [..., V]`` -> long ``[..., num_samples]`` (drawn on
-    CPU from ``generator`` for reproducibility across devices)."""
+    CPU from ``generator`` for reproducibility across devices). A row that is no distribution (non-finite,
+    negative or all zero: a diverged model) is drawn uniformly instead of failing; the optimizers' finiteness
+    guards then skip the step."""
     flat = probs.detach().reshape(-1, probs.shape[-1]).to("cpu", torch.float64)
+    bad = ~(torch.isfinite(flat) & (flat >= 0)).all(-1, keepdim=True) | (flat.sum(-1, keepdim=True) <= 0)
+    flat = flat.masked_fill(bad, 1.0)
     labels = torch.multinomial(flat, int(num_samples), replacement=True, generator=generator)
     return labels.reshape(*probs.shape[:-1], int(num_samples)).to(probs.device)
 

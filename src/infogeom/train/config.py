@@ -24,6 +24,7 @@ import torch
 
 from ..errors import InfogeomError
 from ..models.gpt import GPTConfig
+from .limits import MAX_SEED, check_int
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,6 +54,7 @@ class DataConfig:
     batch_size: int = 32
     block_size: int = 128
     cache_dir: str = ""
+    max_corpus_mb: int = 1024
 
 
 @dataclass
@@ -120,8 +122,25 @@ class TrainConfig:
             raise InfogeomError(f"optim.warmup_steps ({o.warmup_steps}) exceeds max_steps ({self.max_steps}): "
                                 f"shorten the warmup with --set optim.warmup_steps={self.max_steps // 10} (any "
                                 f"value <= {self.max_steps}) or train longer with --max-steps {o.warmup_steps}")
+        _check_ranges(self)
         resolve_device(self.device, check_available=False)
         return self
+
+
+# Largest accepted sizes and counts (memory is checked separately, once the vocabulary is known).
+LIMITS = {"model.n_layer": 1024, "model.n_head": 1024, "model.n_embd": 1 << 16, "model.block_size": 1 << 20,
+          "data.batch_size": 1 << 20, "data.block_size": 1 << 20, "data.max_corpus_mb": 1 << 30,
+          "max_steps": 10**12, "grad_accum": 1 << 20, "eval_batches": 1 << 20, "eval_every": 10**12,
+          "log_every": 10**12, "ckpt_every": 10**12, "keep_last": 1 << 20, "optim.warmup_steps": 10**12,
+          "seed": MAX_SEED}
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    for key, high in LIMITS.items():
+        section, _, name = key.rpartition(".")
+        value = getattr(getattr(cfg, section) if section else cfg, name)
+        check_int(value, key, 0 if key in ("seed", "eval_every", "ckpt_every", "optim.warmup_steps") else 1,
+                  high)
 
 
 FIELD_HELP = {
@@ -145,6 +164,7 @@ FIELD_HELP = {
     "data.batch_size": "sequences per micro-step, summed over all processes (the global batch)",
     "data.block_size": "training sequence length (at most model.block_size)",
     "data.cache_dir": "token cache folder ('' = $INFOGEOM_CACHE or ~/.cache/infogeom)",
+    "data.max_corpus_mb": "refuse local or hf: corpora larger than this many MiB",
     "optim.name": "registered optimizer (see `infogeom info`)",
     "optim.lr": "peak learning rate",
     "optim.weight_decay": "decoupled weight decay on matrices",
@@ -302,6 +322,8 @@ def load_config(toml_path: str | Path | None = None, overrides: list[str] | tupl
     cfg = copy.deepcopy(base) if base is not None else TrainConfig()
     if toml_path is not None:
         path = Path(toml_path)
+        if path.exists() and not path.is_file():
+            raise InfogeomError(f"config file {path} is not a regular file")
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:

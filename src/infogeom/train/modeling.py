@@ -14,6 +14,7 @@ from ..models.gpt import GPT, GPTConfig
 from ..models.quantum_layer import add_quantum_layers
 from .checkpoint import load_checkpoint
 from .config import DataConfig, ModelConfig, TrainConfig, config_from_dict
+from .limits import check_memory, estimate_bytes
 
 
 def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
@@ -38,7 +39,8 @@ def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
 
 def prepare_run_data(cfg: DataConfig) -> TokenData:
     """Tokenized train/val splits of ``cfg.corpus`` (memory-mapped from the cache after the first time)."""
-    return prepare_data(cfg.corpus, cfg.tokenizer, cfg.val_fraction, cfg.cache_dir or None)
+    return prepare_data(cfg.corpus, cfg.tokenizer, cfg.val_fraction, cfg.cache_dir or None,
+                        cfg.max_corpus_mb << 20)
 
 
 def load_state(model: nn.Module, state: dict, source: str | Path) -> None:
@@ -64,6 +66,8 @@ def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu"
     ckpt = load_checkpoint(checkpoint_path)
     cfg = config_of(ckpt, checkpoint_path)
     tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
+    check_memory(estimate_bytes(cfg.model, tokenizer.vocab_size, 1, 1, training=False), torch.device(device),
+                 f"the model of checkpoint {checkpoint_path}")
     model = build_model(cfg.model, tokenizer.vocab_size)
     load_state(model, ckpt["model"], checkpoint_path)
     return model.to(device).eval(), tokenizer, cfg

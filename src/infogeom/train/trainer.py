@@ -7,12 +7,21 @@ one-process gradient of the mean loss. Loss per micro-step is the mean token cro
 accumulated as ∇(L/grad_accum), clipped to ``grad_clip`` (global norm), then ``optimizer.step()`` and the
 warmup-cosine schedule step.
 
-Losses stay on the device and are read once per ``log_every`` steps (every step only when callbacks are
-attached, since their ``metrics`` carry the loss), so logging costs no extra device synchronization per step.
-A nan/inf loss stops the run before anything is saved: checkpoints are written only after their losses were
-checked. Ctrl-C (SIGINT) or SIGTERM — or :meth:`Trainer.request_stop` — finishes the current step, writes a
-checkpoint and returns ``stop_reason = 'interrupted'``. Resuming restores model, optimizer, schedule, every
-RNG (per rank) and the data stream, so the continued run is bit-for-bit the uninterrupted one.
+Safety, for every optimizer (torch's own included): the global gradient norm is read each step (one host sync,
+as AMP's GradScaler does); a non-finite one skips ``optimizer.step()`` (the schedule still advances), and
+more than ``MAX_SKIPS`` skips in a row stop the run. Losses and update norms stay on the device and are read
+once per ``log_every`` steps (every step only when callbacks are attached, since their ``metrics`` carry the
+loss) and before every evaluation and checkpoint; a :class:`~.divergence.DivergenceMonitor` stops the run on a
+non-finite or exploding loss or update (relative to the running median) before anything is saved, and each
+checkpoint's weights are first probed on a fixed training batch, so the last checkpoint on disk is a good one.
+
+The run folder is locked (:class:`~.rundir.RunLock`) from construction to :meth:`Trainer.close` or the end of
+:meth:`Trainer.fit`; leftover temporary files of a killed write are removed under the lock. A folder counts as
+a run once it holds a checkpoint: one killed before its first checkpoint is started afresh (with a note), by a
+plain start or by ``resume='latest'``. Ctrl-C (SIGINT) or SIGTERM — or :meth:`Trainer.request_stop` — finishes
+the current step, writes a checkpoint and returns ``stop_reason = 'interrupted'``. Resuming restores model,
+optimizer, schedule, every RNG (per rank) and the data stream, so the continued run is bit-for-bit the
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import copy
 import math
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -40,6 +50,7 @@ from ..data.cache import atomic_write
 from ..errors import InfogeomError
 from ..models.gpt import lm_loss
 from ..optim import build_optimizer
+from ..optim.safety import all_finite
 from . import distributed
 from .callbacks import Callback
 from .checkpoint import (
@@ -48,14 +59,18 @@ from .checkpoint import (
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
+    remove_temp_files,
     resolve_checkpoint,
     run_dir_of,
     save_checkpoint,
 )
 from .config import TrainConfig, config_to_dict, dumps_toml
+from .divergence import DivergenceMonitor
 from .evaluation import eval_batches, mean_loss
+from .limits import check_memory, estimate_bytes
 from .metrics import METRICS_FILE, MetricsLogger, read_metrics
 from .modeling import build_model, load_state, prepare_run_data
+from .rundir import RunLock, check_output_dir
 from .schedule import build_scheduler
 
 # Model settings that do not change the parameters' shapes may differ on resume.
@@ -103,7 +118,7 @@ def _new_run_dir() -> str:
 
 
 def _check_fresh(out_dir: Path) -> None:
-    if (out_dir / METRICS_FILE).exists() or list_checkpoints(out_dir):
+    if list_checkpoints(out_dir):
         raise InfogeomError(f"{out_dir} already holds a training run; continue it with --resume latest or "
                             f"choose another --out")
 
@@ -131,6 +146,7 @@ class Trainer:
                  resume: str | Path | None = None):
         self.config = copy.deepcopy(config).validate()
         self.callbacks = list(callbacks)
+        self._lock: RunLock | None = None
         self.dist, self.device = distributed.setup(self.config.device)
         try:
             self._build(resume)
@@ -144,14 +160,17 @@ class Trainer:
         cfg, d = self.config, self.dist
         ckpt = path = None
         if resume is not None:
-            path = resolve_checkpoint(resume, cfg.out_dir or None)
-            ckpt = load_checkpoint(path)
-            _check_resumable(cfg, ckpt, path)
+            path = resolve_checkpoint(resume, cfg.out_dir or None, note=self._note)
+            if path is None:
+                self._note(f"infogeom: note: {cfg.out_dir} holds no checkpoint (a run stopped before its first "
+                           f"one); starting it from step 0")
+            else:
+                ckpt = load_checkpoint(path)
+                _check_resumable(cfg, ckpt, path)
         self.out_dir = Path(cfg.out_dir or (run_dir_of(path) if path else d.broadcast(_new_run_dir())))
         cfg.out_dir = str(self.out_dir)
         same_run = path is not None and self.out_dir.resolve() == run_dir_of(path).resolve()
-        if not same_run:
-            d.on_main(lambda: _check_fresh(self.out_dir))
+        d.on_main(lambda: self._check_folder(same_run))  # fail fast; repeated under the lock below
         if cfg.data.batch_size % d.world_size:
             raise InfogeomError(f"data.batch_size ({cfg.data.batch_size}) must be divisible by the number of "
                                 f"processes ({d.world_size})")
@@ -162,6 +181,11 @@ class Trainer:
                 f"checkpoint {path} uses another vocabulary ({ckpt['tokenizer'].get('spec')}, "
                 f"{ckpt.get('vocab_size')} tokens) than this run's data ({self.data.tokenizer.spec}, "
                 f"{self.data.vocab_size} tokens)")
+        m, b, T = cfg.model, cfg.data.batch_size // d.world_size, cfg.data.block_size
+        stored = 2 * cfg.eval_batches * cfg.data.batch_size * T  # the fixed evaluation batches, both splits
+        check_memory(estimate_bytes(m, self.data.vocab_size, b, T, stored_tokens=stored),
+                     self.device, f"this model ({m.n_layer} layers, width {m.n_embd}, context {m.block_size}) "
+                     f"with a {b}x{T} batch and {cfg.eval_batches} eval batches")
 
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, self.data.vocab_size).to(self.device)
@@ -174,8 +198,12 @@ class Trainer:
         self.history: list[dict] = []
         self.last_eval: dict | None = None
         self.last_checkpoint: Path | None = None
+        self._checkpoint_step = 0
         self._pending: list[float] = []  # checked losses of the steps since the last train record
+        self.monitor = DivergenceMonitor()
         self._resumed_at: int | None = None
+        if not same_run and self.is_main and (self.out_dir / METRICS_FILE).exists():
+            self._resumed_at = -1  # a run stopped before its first checkpoint: its records start over
         if ckpt is not None:
             self._restore(ckpt, path, same_run)
 
@@ -186,10 +214,30 @@ class Trainer:
         self._eval_batches = {split: [self._shard(b) for b in eval_batches(
             self.data, split, cfg.eval_batches, cfg.data.batch_size, cfg.data.block_size, cfg.seed)]
             for split in ("val", "train")}
-        self._loss_buf: list[torch.Tensor] = []
+        self._step_buf: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []  # (step, loss, update/lr)
         self._grad_norm: torch.Tensor | None = None
         self._stop_requested = False
+        d.on_main(lambda: self._take_folder(same_run))  # last: bad input above never creates the folder
         self.logger: MetricsLogger | None = None
+
+    def _note(self, text: str) -> None:
+        if self.dist.is_main:
+            tqdm.write(text, file=sys.stderr)
+
+    def _check_folder(self, same_run: bool) -> None:
+        check_output_dir(self.out_dir)
+        if self._lock is None:
+            RunLock.check(self.out_dir)  # another live writer is refused before any work, naming its pid
+        if not same_run:
+            _check_fresh(self.out_dir)
+
+    def _take_folder(self, same_run: bool) -> None:
+        """Main rank: lock the run folder, clear leftover temp files, refuse a foreign run."""
+        self._lock = RunLock(self.out_dir)
+        removed = remove_temp_files(self.out_dir)
+        if removed:
+            self._note(f"infogeom: note: removed {len(removed)} temporary file(s) left by an interrupted write")
+        self._check_folder(same_run)
 
     def _restore(self, ckpt: dict, path: Path, same_run: bool) -> None:
         load_state(self.model, ckpt["model"], path)
@@ -208,8 +256,9 @@ class Trainer:
                        f"dropout streams restart from the seed")
         self.step, self.train_time = int(ckpt["step"]), float(ckpt["train_time"])
         self._pending = [float(v) for v in ckpt.get("pending_losses", [])]
+        self.monitor.load_state_dict(ckpt.get("divergence") or {})
         self.last_eval = ckpt.get("last_eval")
-        self.last_checkpoint = path
+        self.last_checkpoint, self._checkpoint_step = path, self.step
         if same_run:
             self._resumed_at = self.step
             logged = read_metrics(self.out_dir / METRICS_FILE)
@@ -245,7 +294,8 @@ class Trainer:
     def train_step(self) -> float:
         """Forward/backward over ``grad_accum`` micro-batches, clip, ``optimizer.step()``, schedule step.
 
-        Returns the learning rate used; the mean micro-batch loss is buffered (not read, no sync).
+        A non-finite gradient norm (read here: the step's one host sync) skips ``optimizer.step()``. Returns
+        the learning rate used; the mean micro-batch loss and the update norm per unit lr are buffered.
         """
         cfg = self.config
         model, accum = self._train_model, cfg.grad_accum
@@ -259,32 +309,46 @@ class Trainer:
                 loss = lm_loss(model(x), y)
                 (loss / accum).backward()
             total += loss.detach().float()
+        params = [p for p in self.model.parameters() if p.grad is not None]
         if cfg.optim.grad_clip > 0:
-            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+            norm = self._grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
+        update = None
+        if bool(torch.isfinite(norm)):  # identical on every rank: DDP averaged the gradients
+            before = [p.detach().clone() for p in params]
+            self.optimizer.step()
+            update = torch.nn.utils.get_total_norm(torch._foreach_sub(before, [p.detach() for p in params]))
+            update = update.float() / lr if lr > 0 else None
+        elif self.is_main:
+            tqdm.write(f"infogeom: note: step {self.step + 1}: non-finite gradient norm; step skipped",
+                       file=sys.stderr)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self._loss_buf.append(total / accum)
+        self._step_buf.append((self.step, total / accum, update))
         return lr
 
     def _check_losses(self) -> None:
-        """Read buffered step losses (one sync, averaged over ranks); stop on nan/inf."""
-        if not self._loss_buf:
+        """Read the buffered steps (one sync, losses averaged over ranks); stop when one diverged."""
+        if not self._step_buf:
             return
-        values = self.dist.mean(torch.stack(self._loss_buf)).tolist()
-        first = self.step - len(values) + 1
-        self._loss_buf.clear()
-        for i, v in enumerate(values):
-            if not math.isfinite(v):
-                self._fail_non_finite("training loss", v, first + i)
-        self._pending.extend(values)
+        nan = torch.full((), math.nan, device=self.device)
+        values = self.dist.mean(torch.stack([torch.stack((loss, nan if u is None else u))
+                                             for _, loss, u in self._step_buf])).tolist()
+        steps = [(step, u is None) for step, _, u in self._step_buf]
+        self._step_buf.clear()
+        for (step, skipped), (loss, update) in zip(steps, values):
+            reason = self.monitor.check(loss, None if skipped else update)
+            if reason is not None:
+                self._fail(reason, step)
+            self._pending.append(loss)
 
-    def _fail_non_finite(self, what: str, value: float, step: int) -> None:
-        last = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else \
-            "no checkpoint was written"
-        raise InfogeomError(f"{what} became {value} at step {step}; training stopped and {last} "
+    def _fail(self, reason: str, step: int) -> None:
+        last = (f"the last good checkpoint is {self.last_checkpoint} (step {self._checkpoint_step})"
+                if self.last_checkpoint else "no checkpoint was written")
+        raise InfogeomError(f"{reason} at step {step}; training stopped before saving it and {last} "
                             f"(try a lower optim.lr, more optim.warmup_steps or optim.grad_clip)")
 
     # --- evaluation, logging, checkpoints -------------------------------------------------------------------
@@ -295,7 +359,7 @@ class Trainer:
                               for s in ("val", "train")])
         val, train = self.dist.mean(losses).tolist()
         if not math.isfinite(val):
-            self._fail_non_finite("validation loss", val, self.step)
+            self._fail(f"validation loss became {val}", self.step)
         metrics = {"step": self.step, "val_loss": val, "train_loss_eval": train,
                    "val_ppl": math.exp(min(val, 700.0)), "train_time": self.train_time}
         for cb in self.callbacks:
@@ -313,8 +377,17 @@ class Trainer:
             self.logger.log(record)
 
     def save_checkpoint(self) -> Path:
-        """Checkpoint the current state (collective: every rank must call it); rank 0 writes the file."""
+        """Checkpoint the current state (collective: every rank must call it); rank 0 writes the file.
+
+        First the buffered steps are judged and the weights probed on a fixed training batch: a diverged
+        state is never written."""
         self._check_losses()
+        probe = float(self.dist.mean(mean_loss(self.model, self._eval_batches["train"][:1], self.device)))
+        reason = self.monitor.check_loss(probe, "loss of the weights to checkpoint")
+        if reason is None and not all_finite(p.detach() for p in self.model.parameters()):
+            reason = "the weights became non-finite"
+        if reason is not None:
+            self._fail(reason, self.step)
         ranks = self.dist.gather(_rng_state(self.device))
         path = checkpoint_path(self.out_dir, self.step)
         if self.is_main:
@@ -326,10 +399,10 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": {"data": self.data_generator.get_state(), "ranks": ranks},
                 "pending_losses": list(self._pending), "world_size": self.dist.world_size,
-                "last_eval": self.last_eval,
+                "last_eval": self.last_eval, "divergence": self.monitor.state_dict(),
             })
             prune_checkpoints(self.out_dir, self.config.keep_last)
-        self.last_checkpoint = path
+        self.last_checkpoint, self._checkpoint_step = path, self.step
         return path
 
     def _open_outputs(self) -> None:
@@ -423,10 +496,14 @@ class Trainer:
                     cb.on_train_end(self)
                 if self.is_main:
                     self._plot_losses()
+        except BaseException:
+            pbar.leave = False  # the error line must not be glued to (or follow) a stale progress bar
+            raise
         finally:
             pbar.close()
             if self.logger is not None:
                 self.logger.close()
+            self._release()
         self.dist.barrier()
         return self._result(reason)
 
@@ -458,8 +535,14 @@ class Trainer:
         return TrainResult(self.out_dir, self.history, val, self.step, self.train_time, self.last_checkpoint,
                            reason, self.out_dir / METRICS_FILE, tb)
 
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     def close(self) -> None:
-        """Leave the process group if this trainer joined it."""
+        """Release the run folder and leave the process group if this trainer joined it."""
+        self._release()
         self.dist.close()
 
 
