@@ -40,6 +40,7 @@ def env(monkeypatch, tmp_path) -> Path:
     """Register X1; log every cell start to tmp_path/log (returned)."""
     log = tmp_path / "log"
     monkeypatch.setenv("INFOGEOM_STUDY_EXPERIMENTS", "X1=study_synthetic")
+    monkeypatch.setenv("INFOGEOM_STUDY_BUILTINS", "0")  # the engine's tests run the synthetic experiment only
     monkeypatch.setenv("STUDY_SYNTH_LOG", str(log))
     for var in ("STUDY_SYNTH_SLEEP", "STUDY_SYNTH_CRASH_AT", "STUDY_SYNTH_FAIL"):
         monkeypatch.delenv(var, raising=False)

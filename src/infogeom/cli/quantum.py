@@ -62,14 +62,14 @@ def run(args: argparse.Namespace) -> int:
         if not (value > 0 or (name == "damping" and value == 0)) or not math.isfinite(value):
             raise InfogeomError(f"--{name.replace('_', '-')} must be a finite "
                                 f"{'non-negative' if name == 'damping' else 'positive'} number, got {value}")
-    check_output_file(args.out)
+    out = _output_path(args.out)
+    check_output_file(out)
     torch.set_num_threads(args.threads)
     cfg = AblationConfig(task=args.task, corpus=args.corpus, arms=tuple(args.arms), seeds=args.seeds,
                          steps=args.steps, batch_size=args.batch_size, block_size=args.block_size,
                          n_qubits=args.n_qubits, n_layers=args.n_layers, n_embd=args.n_embd, lr=args.lr,
                          qng_lr=args.qng_lr, damping=args.damping, recompute_every=args.recompute_every,
                          max_inputs=args.max_inputs, eval_every=max(1, args.steps // 10))
-    out = _output_path(args.out)
     result = run_ablation(cfg)
     print(format_summary(result))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,8 @@
 ``MODULES`` maps an id to a module of this package (``"e1"``) or, if there is no such module, to an absolute
 module path (``"mypkg.my_experiment"``). More experiments can be added without editing the package through the
 environment variable ``INFOGEOM_STUDY_EXPERIMENTS="X1=mypkg.x1,X2=mypkg.x2"`` (read on every call, so
-subprocesses see the same registry) or :func:`register`.
+subprocesses see the same registry) or :func:`register`; ``INFOGEOM_STUDY_BUILTINS=0`` leaves the built-in
+experiments out (a study of one's own experiments only, and the engine's tests).
 """
 
 from __future__ import annotations
@@ -52,5 +53,6 @@ def _load(eid: str, mod: str) -> Experiment:
 
 def experiments() -> dict[str, Experiment]:
     """All registered experiments, imported on demand, in id order."""
-    modules = {**MODULES, **_env_modules()}
+    builtin = MODULES if os.environ.get("INFOGEOM_STUDY_BUILTINS", "1") != "0" else {}
+    modules = {**builtin, **_env_modules()}
     return {eid: _load(eid, mod) for eid, mod in sorted(modules.items())}
