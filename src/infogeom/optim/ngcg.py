@@ -89,8 +89,8 @@ class NaturalGradientCG(Preconditioned, Optimizer):
                 raise InfogeomError("ngcg: its Fisher is not kept in the checkpoint; give a curvature batch")
             with torch.enable_grad():
                 F = FisherOperator(self.model, batch, kind="exact", names=self._names)
-        F.names = [names[id(p)] for p in self._params]
         P = ScaledOperator(DampedOperator(F, st.get("step_damping", st["damping"])), 1.0 / st.get("nu", 1.0))
+        P.names = [names[id(p)] for p in self._params]  # relabel the wrapper; the stored Fisher stays as it is
         return [PreconditionerPart(P, group_lr(self.param_groups[0]), *self._stability())]
 
     @torch.no_grad()
