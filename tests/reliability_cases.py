@@ -203,7 +203,8 @@ def cases(env: Env) -> list[tuple[str, list[str]]]:
                  ["--qng-lr", "-1"], ["--n-embd", "0"], ["--n-qubits", "0"], ["--n-qubits", "100"], ["--seeds", "0"],
                  ["--steps", "0"], ["--steps", "1000000000"], ["--batch-size", "0"], ["--block-size", "0"],
                  ["--n-layers", "0"], ["--recompute-every", "0"], ["--max-inputs", "0"], ["--threads", "0"],
-                 ["--out", str(r / "a_file" / "q.json")], ["--out", str(r / "a_file")], ["--corpus", str(r / "fifo.txt")],
+                 ["--out", str(r / "a_file" / "q.json")], ["--out", str(r / "a_file")],
+                 ["--corpus", str(r / "fifo.txt")],
                  ["--corpus", "/dev/zero"], ["--arms", "bogus"], ["--task", "bogus"]]:
         table.append((f"quantum{' '.join(args)}", [*q, *args]))
     table += [("no-command", []), ("unknown-command", ["frobnicate"]), ("eval-no-checkpoint", ["eval"]),

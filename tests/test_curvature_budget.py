@@ -4,6 +4,7 @@ interrupt safety."""
 import dataclasses
 import json
 import math
+import os
 import time
 
 import pytest
@@ -25,9 +26,12 @@ def test_plan_scales_sizes_with_the_budget_and_keeps_explicit_ones():
     cal = Calibration(product_s=0.25, forward_s=0.03, threads=2, tried={2: 0.25, 1: 0.5})
     small, _ = plan(10, cal, WHAT, AnalysisOptions(), batch_size=8)
     large, cost = plan(300, cal, WHAT, AnalysisOptions(), batch_size=8)
-    assert small.probes == MINIMUM["probes"] and small.hutchpp_probes == MINIMUM["hutchpp_probes"]
+    assert small.probes == 0 and small.hutchpp_probes == MINIMUM["hutchpp_probes"]  # too small for both
+    both, _ = plan(30, cal, ["trace"], AnalysisOptions(), batch_size=8)  # 120 products: both estimators
+    assert both.probes >= MINIMUM["probes"] and both.hutchpp_probes >= MINIMUM["hutchpp_probes"]
+    assert both.probes + both.hutchpp_probes <= 120
     assert small.grid == MINIMUM["grid"] and small.lanczos_steps >= MINIMUM["lanczos_steps"]
-    assert large.probes > small.probes and large.lanczos_steps * large.density_probes > 4 * small.lanczos_steps
+    assert large.probes > MINIMUM["probes"] and large.lanczos_steps * large.density_probes > 4 * small.lanczos_steps
     assert large.grid > small.grid and large.grid % 2 == 1
     assert sum(cost.values()) <= 300 * 1.05  # the plan spends the budget, not more
     assert cost["trace"] == pytest.approx((large.probes + large.hutchpp_probes) * 0.25)
@@ -49,7 +53,23 @@ def test_default_budget_plans_the_readme_command_within_45_seconds():
         assert sum(cost.values()) <= 36
 
 
-def test_calibrate_keeps_the_faster_thread_count():
+def test_thread_trial_only_while_the_cores_are_idle(monkeypatch):
+    from infogeom.curvature import budget
+
+    monkeypatch.setattr(budget, "available_cores", lambda: 2)
+    monkeypatch.setattr(budget, "idle_cores", lambda: 1.9)
+    assert budget._thread_candidates() == [2, 1]
+    monkeypatch.setattr(budget, "idle_cores", lambda: 1.2)  # another job holds most of a core
+    assert budget._thread_candidates() == [1]
+    monkeypatch.undo()
+    measured = budget.idle_cores(0.05)
+    assert measured is None or 0 <= measured <= (os.cpu_count() or 1) + 1e-9
+
+
+def test_calibrate_keeps_the_faster_thread_count(monkeypatch):
+    from infogeom.curvature import budget
+
+    monkeypatch.setattr(budget, "idle_cores", lambda: float(budget.available_cores()))
     before = torch.get_num_threads()
     try:
         def product():  # slow with several threads, as on a CPU shared with other jobs
@@ -90,7 +110,9 @@ def test_budgeted_command_reports_plan_and_accuracy(checkpoint, tmp_path, capsys
     assert "budget" in text and "calibration" in text and "s/product" in text
     assert "2 SE ≈ 95%" in text and "moments exact to degree" in text
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["options"]["probes"] >= MINIMUM["probes"] and summary["calibration"]["threads"] >= 1
+    probes = summary["options"]["probes"]
+    assert (probes == 0 or probes >= MINIMUM["probes"]) and summary["calibration"]["threads"] >= 1
+    assert ("hutchinson" in json.loads((out / "trace.json").read_text())) == (probes > 0)
     for name in ("density", "landscape"):
         assert (out / f"{name}.png").is_file() and (out / f"{name}.svg").is_file()
 

@@ -80,3 +80,12 @@ def test_plain_standard_error_would_fail_the_coverage_test():
     finally:
         trace_module.t_factor = original
     assert rate < 0.90
+
+
+@pytest.mark.parametrize("n", [2, 4, 16, 32, 200])
+def test_t_factor_is_students_quantile_over_the_normal_one(n):
+    from scipy import stats
+
+    from infogeom.curvature.trace import t_factor
+
+    assert t_factor(n) == pytest.approx(stats.t.ppf(0.975, n - 1) / stats.norm.ppf(0.975), rel=1e-12)

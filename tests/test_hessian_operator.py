@@ -1,5 +1,6 @@
 """HessianOperator against a dense float64 Hessian from torch.func (jacrev of grad)."""
 
+import pytest
 import torch
 from conftest import random_batch, tiny_gpt
 from torch.func import functional_call, grad, jacrev
@@ -23,12 +24,14 @@ def dense_hessian(model, batch):
     return H
 
 
-def test_hessian_operator_matches_dense_oracle():
+@pytest.mark.parametrize("batched", [False, True], ids=["per-column", "vmapped"])
+def test_hessian_operator_matches_dense_oracle(batched):
     for tie in (True, False):
         model = tiny_gpt(tie_weights=tie)
         batch = random_batch()
         H = dense_hessian(model, batch)
-        op = HessianOperator(model, batch)
+        op = HessianOperator(model, batch, batched=batched)
+        assert op.batched is batched and ("vmapped" in repr(op)) is batched
         dense = op.to_dense()
         assert torch.linalg.matrix_norm(dense - H) <= 1e-8 * torch.linalg.matrix_norm(H)
         v = torch.randn(op.dim, dtype=torch.float64)

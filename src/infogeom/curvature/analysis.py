@@ -184,14 +184,21 @@ def _eig(model, batch, op, o, gen, out, label, blocks, optimizer, compare) -> li
 
 
 def _trace(model, batch, op, o, gen, out, label, blocks, optimizer, compare) -> list[Row]:
+    """Hutch++ and, unless ``o.probes`` is 0 (a budget too small for both), Hutchinson as a cross-check."""
     hpp_n = max(6, o.hutchpp_probes)
     with _bar(o, "trace", o.probes + 3 * (hpp_n // 3)) as bar:
         counted = CountedOperator(op, bar)
-        h, hpp = hutchinson(counted, o.probes, gen), hutchpp(counted, hpp_n, gen)
-    save_json({"operator": o.operator, "hutchinson": h.to_dict(), "hutchpp": hpp.to_dict()}, out / "trace.json")
-    return [(f"{o.operator} trace (Hutchinson)", _g(h.value), f"{_pm(h.value, h.stderr)}; {h.num_probes} probes"),
-            (f"{o.operator} trace (Hutch++)", _g(hpp.value),
+        hpp = hutchpp(counted, hpp_n, gen)
+        h = hutchinson(counted, o.probes, gen) if o.probes else None
+    result = {"operator": o.operator, "hutchpp": hpp.to_dict()}
+    rows = [(f"{o.operator} trace (Hutch++)", _g(hpp.value),
              f"{_pm(hpp.value, hpp.stderr)}; {hpp.num_probes} products")]
+    if h is not None:
+        result["hutchinson"] = h.to_dict()
+        rows.append((f"{o.operator} trace (Hutchinson)", _g(h.value),
+                     f"{_pm(h.value, h.stderr)}; {h.num_probes} probes"))
+    save_json(result, out / "trace.json")
+    return rows
 
 
 def _density(model, batch, op, o, gen, out, label, blocks, optimizer, compare) -> list[Row]:

@@ -11,7 +11,8 @@ cause of the 10–13× slower curvature runs on a loaded machine), so the count 
 items with a fixed cost (``eig`` converges in ≈ ``EIG_PRODUCTS`` products, ``noise`` needs B + 1, ``sharpness``
 ≈ ``SHARPNESS_PRODUCTS``) are charged first, and the rest is shared by ``trace``, ``density``, ``blocks`` and
 ``landscape`` in proportion to :data:`WEIGHTS`, each with a floor below which its estimate would say
-nothing (:data:`MINIMUM`).
+nothing (:data:`MINIMUM`). A trace share too small for both estimators' floors buys Hutch++ alone
+(``probes = 0``: no Hutchinson row; the density's SLQ trace is a Hutchinson estimate on its own probes).
 """
 
 from __future__ import annotations
@@ -58,15 +59,37 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _thread_candidates() -> list[int]:
-    """All cores and 1 — but only 1 while the other jobs' load leaves no core idle (``os.getloadavg``): then a
-    trial product on all cores would itself take many times longer (17 s instead of 1.1 s measured)."""
-    cores = available_cores()
+def idle_cores(interval: float = 0.25) -> float | None:
+    """Cores left idle by all processes over the next ``interval`` seconds (from ``/proc/stat``'s idle and
+    iowait ticks), or None where that file is absent. Instantaneous, unlike ``os.getloadavg``, whose 1-minute
+    average stays high for a minute after other jobs have stopped (which made a quiet machine look busy)."""
+
+    def ticks() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return values[3] + values[4], sum(values[:8])
+
     try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):  # pragma: no cover - not Unix
-        busy = 0.0
-    return [cores, 1] if cores > 1 and busy <= cores - 0.5 else [1]
+        idle0, total0 = ticks()
+        time.sleep(interval)
+        idle1, total1 = ticks()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (idle1 - idle0) / max(total1 - total0, 1) * (os.cpu_count() or 1)
+
+
+def _thread_candidates() -> list[int]:
+    """All cores and 1 — but only 1 while other jobs leave no core idle (:func:`idle_cores`, else the
+    load average): then a trial product on all cores would itself take many times longer (17 s instead of
+    1.1 s measured)."""
+    cores = available_cores()
+    idle = idle_cores()
+    if idle is None:
+        try:
+            idle = os.cpu_count() - os.getloadavg()[0]
+        except (AttributeError, OSError, TypeError):  # pragma: no cover - not Unix
+            idle = float(cores)
+    return [cores, 1] if cores > 1 and min(idle, cores) >= cores - 0.5 else [1]
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -115,11 +138,13 @@ def plan(budget: float, cal: Calibration, what: Sequence[str], options, batch_si
     rest = max(budget - sum(fixed[i] for i in what if i in fixed), 0.0)
     share = {i: rest * WEIGHTS[i] / sum(WEIGHTS[j] for j in shared) for i in shared}
     o = dataclasses.replace(options)
-    if o.probes is None:  # Hutchinson and Hutch++ get half of the trace share each
-        o.probes = max(MINIMUM["probes"], min(MAXIMUM["probes"], int(share.get("trace", 0) / 2 / t)))
-    if o.hutchpp_probes is None:
-        k = min(MAXIMUM["hutchpp_probes"] // 3, vectors // 4, int(share.get("trace", 0) / 2 / t / 3))
+    trace_products = share.get("trace", 0) / t
+    both = o.probes is not None or trace_products >= MINIMUM["probes"] + MINIMUM["hutchpp_probes"]
+    if o.hutchpp_probes is None:  # Hutch++ first; Hutchinson, the cross-check, only where the share pays both
+        k = min(MAXIMUM["hutchpp_probes"] // 3, vectors // 4, int(trace_products / (2 if both else 1) / 3))
         o.hutchpp_probes = max(MINIMUM["hutchpp_probes"], 3 * k)
+    if o.probes is None:
+        o.probes = max(MINIMUM["probes"], min(MAXIMUM["probes"], int(trace_products / 2))) if both else 0
     products = share.get("density", 0) / t
     if o.density_probes is None:
         o.density_probes = max(MINIMUM["density_probes"], min(8, int(products / 32)))
