@@ -1,4 +1,4 @@
-"""infogeom.curvature vs PyHessian on the same model and batch, in the same run.
+"""infogeom.curvature vs PyHessian and hessian-eigenthings v1 on the same model and batch, in the same run.
 
 A char-level GPT is trained briefly on the offline ``pydoc`` corpus (so the Hessian is not the one at
 initialization), then both libraries estimate, from one fixed batch:
@@ -10,9 +10,14 @@ initialization), then both libraries estimate, from one fixed batch:
 - the Hutchinson trace with the same number of probes (PyHessian's stopping test is disabled, see below);
 - the SLQ density with the same probes × Lanczos steps (moments and the JS distance between the densities).
 
-Prints a table (agreement and time ratio ours/PyHessian) and saves benchmarks/results/curvature.json and a
-density plot. Needs ``pip install --no-deps pyhessian``. Goal: λ_max within 1%, trace within the standard
-error, at ≤ 1/3 of PyHessian's time.
+hessian-eigenthings runs the same three: its Lanczos takes a fixed number of steps, so it gets the fewest
+steps (from 4, 6, 8, 12, 16, 24, 32, 48) whose residual meets the same tolerance, and that run is timed; its
+Hutchinson trace and SLQ use the same probe counts. First, the cost of one product: a gradient, one
+Hessian-vector product per column (our CPU default), k columns vmapped, forward-over-reverse, and each peer's.
+
+Prints a table (agreement and time ratio ours/peer) and saves benchmarks/results/curvature.json and a
+density plot. Needs ``bash scripts/install-peers.sh`` (PyHessian, hessian-eigenthings). Goal: λ_max within 1%,
+trace within the standard error, at ≤ 1/3 of the faster peer's time.
 """
 
 from __future__ import annotations
@@ -27,17 +32,22 @@ import time
 import warnings
 from pathlib import Path
 
+import hessian_eigenthings as he
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from torch.func import grad, jvp
 
 from infogeom.curvature import broaden, eigsh, hutchinson, js_distance, power_iteration, spectral_density
 from infogeom.curvature.density import default_grid, default_sigma
 from infogeom.data import prepare_data
 from infogeom.geometry import HessianOperator
+from infogeom.geometry.functional import curvature_mode, loss_function
 from infogeom.models import GPT, GPTConfig, lm_loss
+from infogeom.operators import unflatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the peer adapters live with the tests
+from peers.eigenthings_compat import eigenthings_hessian  # noqa: E402
 from peers.pyhessian_compat import pyhessian_session  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -64,6 +74,44 @@ def trained_model(args: argparse.Namespace) -> tuple[GPT, tuple[torch.Tensor, to
         opt.step()
     batch = data.get_batch("train", args.batch, args.block, torch.Generator().manual_seed(args.seed + 1))
     return model.eval(), batch
+
+
+def eigenthings_lambda_max(model, batch, tol: float, seed: int) -> tuple[float, int]:
+    """hessian-eigenthings' λ_max with the fewest Lanczos steps whose Ritz residual is ≤ tol·|λ| (its Lanczos
+    runs a fixed number of steps); (λ, steps). Only the successful run's time counts in ``timed``."""
+    op = eigenthings_hessian(model, batch)
+    for steps in (4, 6, 8, 12, 16, 24, 32, 48):
+        res = he.lanczos(op, k=1, max_iter=steps, tol=tol, seed=seed)
+        if float(res.residuals[0]) <= tol * abs(float(res.eigenvalues[0])):
+            break
+    return float(res.eigenvalues[0]), steps
+
+
+def product_costs(model, batch, repeats: int, k: int = 8) -> dict[str, float]:
+    """Median seconds of one gradient and of one Hessian-vector product by each implementation (per column
+    where k columns are done at once)."""
+    x, y = batch
+    params = [p for p in model.parameters()]
+    ops = {b: HessianOperator(model, batch, batched=b) for b in (False, True)}
+    V = torch.randn(ops[False].dim, k, generator=torch.Generator().manual_seed(0))
+    he_op = eigenthings_hessian(model, batch)
+    named = {n: p.detach() for n, p in model.named_parameters()}
+    tangent = dict(zip(named, unflatten(V[:, 0], [p.shape for p in named.values()])))
+    with curvature_mode(model):
+        g = grad(loss_function(model, batch, lm_loss))
+        fns = {
+            "gradient": lambda: torch.autograd.grad(lm_loss(model(x), y), params),
+            "HVP, one column (stored graph)": lambda: ops[False].matmat(V[:, :1]),
+            f"HVP, {k} columns one by one (per column)": lambda: ops[False].matmat(V),
+            f"HVP, {k} columns vmapped (per column)": lambda: ops[True].matmat(V),
+            "HVP, forward-over-reverse (jvp of grad)": lambda: jvp(g, (named,), (tangent,)),
+            "HVP, hessian-eigenthings (graph rebuilt)": lambda: he_op.matvec(V[:, 0].clone()),
+        }
+        out = {}
+        for name, fn in fns.items():
+            fn()  # warm-up
+            out[name] = timed(fn, max(repeats, 3))[1] / (k if f"{k} columns" in name else 1)
+    return out
 
 
 def timed(fn, repeats: int):
@@ -107,6 +155,8 @@ def main() -> None:
 
     def op() -> HessianOperator:
         return HessianOperator(model, batch)
+
+    products = product_costs(model, batch, args.repeats)
 
     ref = eigsh(op(), k=5, which="LM", tol=1e-8, max_basis=80, generator=torch.Generator().manual_seed(9))
     ref_vals = ref.values.double()
@@ -167,16 +217,21 @@ def main() -> None:
     }
     lam["agreement"] = abs(lam["ours"] - lam["pyhessian"]) / abs(lam["pyhessian"])
     lam["pyhessian_matvecs"] = ph_hvps["count"]
+    (he_lam, he_steps), t_he = timed(lambda: eigenthings_lambda_max(model, batch, args.tol, args.seed), args.repeats)
+    lam.update(eigenthings=he_lam, eigenthings_matvecs=he_steps, time_eigenthings=t_he,
+               eigenthings_error=abs(he_lam - lam_ref) / abs(lam_ref))
     record["lambda_max"] = lam
     rows.append(
         (
             "λ_max",
             f"{lam['ours']:.5g}",
             f"{lam['pyhessian']:.5g}",
+            f"{he_lam:.5g}",
             f"{100 * lam['agreement']:.3f}%",
             f"{t_ours / t_ph:.2f}",
-            f"err vs ref: ours {lam['ours_error']:.1e}, PyHessian {lam['pyhessian_error']:.1e}; "
-            f"HVPs {ours.matvecs} vs {lam['pyhessian_matvecs']}",
+            f"{t_ours / t_he:.2f}",
+            f"err vs ref: ours {lam['ours_error']:.1e}, PyHessian {lam['pyhessian_error']:.1e}, eigenthings "
+            f"{lam['eigenthings_error']:.1e}; HVPs {ours.matvecs} vs {lam['pyhessian_matvecs']} vs {he_steps}",
         )
     )
 
@@ -202,8 +257,10 @@ def main() -> None:
             "λ_max, equal accuracy",
             f"{float(res.values[0]):.5g}",
             f"{lam['pyhessian']:.5g}",
+            "",
             f"err {err:.1e} ≤ {lam['pyhessian_error']:.1e}",
             f"{t_res / t_ph:.2f}",
+            "",
             f"our tol {tol:g}: {res.matvecs} HVPs",
         )
     )
@@ -225,8 +282,10 @@ def main() -> None:
             "λ_max, our power iteration",
             f"{float(pw.values[0]):.5g}",
             "",
+            "",
             "same residual tol",
             f"{t_ours / t_pw:.2f}",
+            "",
             f"Lanczos/power time; {pw.matvecs} HVPs, err {lam['our_power_iteration']['error']:.1e}",
         )
     )
@@ -264,8 +323,10 @@ def main() -> None:
             "top-5 eigenvalues",
             f"max err {err_ours5:.1e}",
             f"max err {err_ph5:.1e}",
+            "",
             "vs reference",
             f"{t_ours5 / t_ph5:.2f}",
+            "",
             f"HVPs {ours5.matvecs} vs {ph_hvps['count']}",
         )
     )
@@ -279,6 +340,10 @@ def main() -> None:
         run_pyhessian(lambda ph: np.array(ph.trace(maxIter=args.probes, tol=-math.inf))), args.repeats
     )
     ph_tr, ph_se = float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(len(samples)))
+    he_tr, t_he_tr = timed(
+        lambda: he.hutchinson(eigenthings_hessian(model, batch), num_samples=args.probes, seed=args.seed),
+        args.repeats,
+    )
     combined = math.hypot(tr.stderr, ph_se)
     record["trace"] = {
         "ours": tr.value,
@@ -289,14 +354,19 @@ def main() -> None:
         "probes": args.probes,
         "time_ours": t_tr,
         "time_pyhessian": t_ph_tr,
+        "eigenthings": he_tr.estimate,
+        "eigenthings_se": he_tr.stderr,
+        "time_eigenthings": t_he_tr,
     }
     rows.append(
         (
             f"trace ({args.probes} probes)",
             f"{tr.value:.5g} ± {tr.stderr:.2g}",
             f"{ph_tr:.5g} ± {ph_se:.2g}",
+            f"{he_tr.estimate:.5g} ± {he_tr.stderr:.2g}",
             f"{abs(tr.value - ph_tr) / combined:.2f} SE",
             f"{t_tr / t_ph_tr:.2f}",
+            f"{t_tr / t_he_tr:.2f}",
             "same probes count",
         )
     )
@@ -311,6 +381,12 @@ def main() -> None:
     (nodes_ph, weights_ph), t_ph_sd = timed(
         run_pyhessian(lambda ph: ph.density(iter=args.slq_steps, n_v=args.slq_probes)), args.repeats
     )
+    he_sd, t_he_sd = timed(
+        lambda: he.spectral_density(eigenthings_hessian(model, batch), num_runs=args.slq_probes,
+                                    lanczos_steps=args.slq_steps, num_grid_points=64, seed=args.seed),
+        args.repeats,
+    )
+    he_m = {k: float((he_sd.raw_weights * he_sd.raw_eigenvalues**k).sum(1).mean()) for k in (1, 2)}
     nodes_ph = torch.tensor(nodes_ph, dtype=torch.float64)
     weights_ph = torch.tensor(weights_ph, dtype=torch.float64)
     all_nodes = torch.cat([sd.nodes.reshape(-1), nodes_ph.reshape(-1)])
@@ -329,33 +405,46 @@ def main() -> None:
         "js_distance": js,
         "time_ours": t_sd,
         "time_pyhessian": t_ph_sd,
+        "eigenthings_moments": he_m,
+        "time_eigenthings": t_he_sd,
     }
     rows.append(
         (
             f"density ({args.slq_probes}×{args.slq_steps})",
             f"m1 {moments[1][0]:.3g}, m2 {moments[2][0]:.3g}",
             f"m1 {moments[1][1]:.3g}, m2 {moments[2][1]:.3g}",
-            f"JS {js:.3f}",
+            f"m1 {he_m[1]:.3g}, m2 {he_m[2]:.3g}",
+            f"JS {js:.3f} (vs PyHessian)",
             f"{t_sd / t_ph_sd:.2f}",
+            f"{t_sd / t_he_sd:.2f}",
             "moments = tr(H^k)/P estimates",
         )
     )
 
     total_ours = t_ours + t_tr + t_sd
     total_ph = t_ph + t_ph_tr + t_ph_sd
-    record["total"] = {"time_ours": total_ours, "time_pyhessian": total_ph, "ratio": total_ours / total_ph}
+    total_he = t_he + t_he_tr + t_he_sd
+    record["total"] = {"time_ours": total_ours, "time_pyhessian": total_ph, "ratio": total_ours / total_ph,
+                       "time_eigenthings": total_he, "ratio_eigenthings": total_ours / total_he}
+    record["products"] = products
     rows.append(
         (
             "total (λ_max + trace + density)",
             f"{total_ours:.2f}s",
             f"{total_ph:.2f}s",
+            f"{total_he:.2f}s",
             "",
             f"{total_ours / total_ph:.2f}",
+            f"{total_ours / total_he:.2f}",
             "",
         )
     )
 
-    header = ("quantity", "infogeom", "PyHessian", "agreement", "time ratio", "notes")
+    print("cost of one product (median seconds; ratio to one gradient):")
+    for name, sec in products.items():
+        print(f"  {name:<44} {sec:8.4f} s  {sec / products['gradient']:5.2f}×")
+    header = ("quantity", "infogeom", "PyHessian", "eigenthings", "agreement", "÷ PyHessian", "÷ eigenthings",
+              "notes")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
