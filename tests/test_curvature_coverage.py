@@ -30,6 +30,8 @@ ESTIMATORS = {
     "hutchinson-32": lambda op, g: hutchinson(op, 32, g),
     "hutch++-24": lambda op, g: hutchpp(op, 24, g),
     "hutch++-48": lambda op, g: hutchpp(op, 48, g),
+    "hutch++-adaptive-5%": lambda op, g: hutchpp(op, 12, g, rtol=0.05, max_probes=400),
+    "hutchinson-adaptive-5%": lambda op, g: hutchinson(op, 16, g, rtol=0.05, max_probes=400),
     "slq-8": lambda op, g: _slq_trace(op, g),
 }
 
@@ -89,3 +91,15 @@ def test_t_factor_is_students_quantile_over_the_normal_one(n):
     from infogeom.curvature.trace import t_factor
 
     assert t_factor(n) == pytest.approx(stats.t.ppf(0.975, n - 1) / stats.norm.ppf(0.975), rel=1e-12)
+
+
+@pytest.mark.parametrize("matrix", ["psd", "low-rank+noise"])
+def test_adaptive_hutchpp_reaches_its_target_with_fewer_products_than_hutchinson(matrix):
+    op = DenseOperator(MATRICES[matrix])
+    h = hutchinson(op, 16, torch.Generator().manual_seed(3), rtol=0.01, max_probes=4000)
+    hpp = hutchpp(op, 12, torch.Generator().manual_seed(3), rtol=0.01, max_probes=4000)
+    assert h.stderr <= 0.01 * abs(h.value)  # checks as it goes
+    assert hpp.stderr <= 0.015 * abs(hpp.value)  # sized from its pilot: about the target
+    for est in (h, hpp):
+        assert abs(est.value - float(op.to_dense().trace())) <= 4 * est.stderr
+    assert hpp.num_probes < h.num_probes
