@@ -133,7 +133,9 @@ def main() -> None:
     p.add_argument("--slq-steps", type=int, default=48)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, help="timed repeats per measurement (default: 3, 1 with --quick)")
     args = p.parse_args()
+    repeats = args.repeats
     warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")  # PyHessian's
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -144,6 +146,8 @@ def main() -> None:
     )
     for k, v in size.items():
         setattr(args, k, v)
+    if repeats:
+        args.repeats = repeats
     if args.quick:
         args.probes, args.slq_steps = min(args.probes, 32), min(args.slq_steps, 32)
     model, batch = trained_model(args)
