@@ -14,7 +14,8 @@ convergence, see :func:`grid_search`); the best end point is the estimate. :func
 refits — run as one vectorized problem; it is checked against ``scipy.optimize.minimize(method='L-BFGS-B')``.
 
 Intervals: a bootstrap over runs (each data point is one training run, resampled with replacement as
-multiplicity weights w_i), each refit started from the full fit's best :data:`REFIT_STARTS` distinct end points;
+multiplicity weights w_i), each refit started from the full fit's best :data:`REFIT_STARTS` distinct end points
+(at most :data:`REFIT_ITER` L-BFGS iterations);
 BCa bounds (:func:`~infogeom.study.stats.bca_bounds`, with the leave-one-run-out jackknife refits) per parameter
 and for the compute-optimal exponent a = β/(α+β) (N_opt ∝ C^a).
 
@@ -46,6 +47,7 @@ HOFFMANN_GRID = (tuple(range(0, 30, 5)), tuple(range(0, 30, 5)), (-1.0, -0.5, 0.
                  (0.0, 0.5, 1.0, 1.5, 2.0), (0.0, 0.5, 1.0, 1.5, 2.0))
 PARAMS = ("E", "A", "B", "alpha", "beta")
 REFIT_STARTS = 4
+REFIT_ITER = 300
 SCREEN_ITER = 10
 KEEP = 64
 N_BOOT = 2000
@@ -59,11 +61,11 @@ def grid_starts(grid: Sequence[Sequence[float]] = HOFFMANN_GRID) -> np.ndarray:
 def chinchilla_log_loss(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """log L̂ ``[P, n]`` for parameter rows ``theta [P, 5]`` and the softmax weights ``[P, n, 3]`` of its LSE."""
     a, b, e, al, be = (theta[:, k, None] for k in range(5))
-    z = np.stack([a - al * log_n, b - be * log_d, np.broadcast_to(e, (theta.shape[0], log_n.size))], axis=-1)
-    m = z.max(-1, keepdims=True)
-    ez = np.exp(z - m)
-    s = ez.sum(-1, keepdims=True)
-    return (m + np.log(s))[..., 0], ez / s
+    z1, z2 = a - al * log_n, b - be * log_d
+    m = np.maximum(np.maximum(z1, z2), e)
+    ez = np.stack([np.exp(z1 - m), np.exp(z2 - m), np.exp(e - m)], axis=-1)
+    s = ez.sum(-1)
+    return m + np.log(s), ez / s[..., None]
 
 
 def huber_objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray,
@@ -177,9 +179,10 @@ def grid_search(log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, delta: 
 
 
 def _to_params(theta: np.ndarray) -> np.ndarray:
-    """(a, b, e, α, β) rows -> (E, A, B, α, β) rows."""
-    return np.stack([np.exp(theta[..., 2]), np.exp(theta[..., 0]), np.exp(theta[..., 1]), theta[..., 3],
-                     theta[..., 4]], axis=-1)
+    """(a, b, e, α, β) rows -> (E, A, B, α, β) rows (a degenerate refit may overflow to inf)."""
+    with np.errstate(over="ignore"):
+        return np.stack([np.exp(theta[..., 2]), np.exp(theta[..., 0]), np.exp(theta[..., 1]), theta[..., 3],
+                         theta[..., 4]], axis=-1)
 
 
 def _distinct_best(x: np.ndarray, f: np.ndarray, k: int, tol: float = 1e-3) -> np.ndarray:
@@ -206,6 +209,7 @@ class ChinchillaFit:
     n: int
     boot: np.ndarray = field(repr=False)
     theta: np.ndarray = field(repr=False)
+    boot_theta: np.ndarray = field(repr=False)  # the replicates as (a, b, e, α, β)
 
     def predict(self, n: Sequence[float], d: Sequence[float]) -> np.ndarray:
         """L̂(N, D) at the point estimate."""
@@ -214,9 +218,7 @@ class ChinchillaFit:
 
     def predict_boot(self, n: Sequence[float], d: Sequence[float]) -> np.ndarray:
         """L̂(N, D) under every bootstrap replicate ``[n_boot, len(n)]``."""
-        b = self.boot
-        theta = np.stack([np.log(b[:, 1]), np.log(b[:, 2]), np.log(b[:, 0]), b[:, 3], b[:, 4]], axis=-1)
-        log_l, _ = chinchilla_log_loss(theta, np.log(np.asarray(n, float)), np.log(np.asarray(d, float)))
+        log_l, _ = chinchilla_log_loss(self.boot_theta, np.log(np.asarray(n, float)), np.log(np.asarray(d, float)))
         return np.exp(log_l)
 
     def to_dict(self) -> dict:
@@ -239,16 +241,18 @@ def chinchilla_fit(n: Sequence[float], d: Sequence[float], loss: Sequence[float]
     refit = _distinct_best(x, f, REFIT_STARTS)
     est = _with_aopt(_to_params(theta[None]))[0]
     intervals: dict[str, Interval] = {}
-    boot = np.empty((0, 6))
+    boot, boot_theta = np.empty((0, 6)), np.empty((0, 5))
     if n_boot > 0:
         rng = np.random.default_rng(seed)
         w_boot = np.stack([np.bincount(rng.integers(0, m, m), minlength=m) for _ in range(n_boot)]).astype(float)
         w_jack = 1.0 - np.eye(m)
         W = np.concatenate([w_boot, w_jack])
         k = refit.shape[0]
-        xs, fs = _fit_rows(np.tile(refit, (W.shape[0], 1)), np.repeat(W, k, axis=0), log_n, log_d, log_l, delta)
+        xs, fs = _fit_rows(np.tile(refit, (W.shape[0], 1)), np.repeat(W, k, axis=0), log_n, log_d, log_l, delta,
+                           max_iter=REFIT_ITER)
         xs, fs = xs.reshape(W.shape[0], k, 5), fs.reshape(W.shape[0], k)
-        sol = _with_aopt(_to_params(xs[np.arange(W.shape[0]), np.nanargmin(fs, 1)]))
+        boot_theta = xs[np.arange(W.shape[0]), np.nanargmin(fs, 1)]
+        sol = _with_aopt(_to_params(boot_theta))
         boot, jack = sol[:n_boot], sol[n_boot:]
         for j, name in enumerate((*PARAMS, "a_opt")):
             with np.errstate(invalid="ignore", divide="ignore"):  # degenerate BCa falls back to percentiles
@@ -257,7 +261,7 @@ def chinchilla_fit(n: Sequence[float], d: Sequence[float], loss: Sequence[float]
     pred, _ = chinchilla_log_loss(theta[None], log_n, log_d)
     rms = float(np.sqrt(np.mean((pred[0] - log_l) ** 2)))
     params = dict(zip((*PARAMS, "a_opt"), map(float, est)))
-    return ChinchillaFit(params, intervals, float(f[best]), rms, m, boot, theta)
+    return ChinchillaFit(params, intervals, float(f[best]), rms, m, boot, theta, boot_theta[:n_boot])
 
 
 def _with_aopt(p: np.ndarray) -> np.ndarray:
@@ -268,12 +272,12 @@ def _with_aopt(p: np.ndarray) -> np.ndarray:
 
 
 def leave_largest_out(n: Sequence[float], d: Sequence[float], loss: Sequence[float], n_boot: int = N_BOOT,
-                      level: float = 0.95, seed: int = 0) -> dict:
+                      level: float = 0.95, seed: int = 0, grid: Sequence[Sequence[float]] = HOFFMANN_GRID) -> dict:
     """Fit without the runs of the largest N and predict them: per held-out run the measured and predicted loss with
     a bootstrap ``level`` interval of the prediction; the mean and largest |L̂/L − 1|. Needs ≥ 5 other runs."""
     n, d, loss = (np.asarray(v, np.float64) for v in (n, d, loss))
     held = n == n.max()
-    fit = chinchilla_fit(n[~held], d[~held], loss[~held], n_boot=n_boot, level=level, seed=seed)
+    fit = chinchilla_fit(n[~held], d[~held], loss[~held], n_boot=n_boot, level=level, seed=seed, grid=grid)
     pred = fit.predict(n[held], d[held])
     rel = pred / loss[held] - 1.0
     rows = []
@@ -320,7 +324,8 @@ def critical_batch_fit(batch: Sequence[float], steps: Sequence[float], n_boot: i
                        seed: int = 0) -> CriticalBatch:
     """Fit McCandlish et al.'s (S/S_min − 1)(E/E_min − 1) = 1 to (batch size, steps to a fixed loss) pairs, E = B·S.
 
-    Intervals: percentile bootstrap over the (B, S) pairs (resamples with fewer than 3 distinct B are redrawn)."""
+    Point estimate: Levenberg–Marquardt; intervals: percentile bootstrap over the (B, S) pairs (resamples with
+    fewer than 3 distinct B are left out), the refits by :func:`lbfgs` from the estimate, all at once."""
     b, s = np.asarray(batch, np.float64), np.asarray(steps, np.float64)
     ok = np.isfinite(b) & np.isfinite(s) & (b > 0) & (s > 0)
     b, s = b[ok], s[ok]
@@ -329,15 +334,22 @@ def critical_batch_fit(batch: Sequence[float], steps: Sequence[float], n_boot: i
     ls, le = _cb_lsq(b, s)
     est = np.array([math.exp(ls), math.exp(le), math.exp(le - ls)])
     rng = np.random.default_rng(seed)
-    reps = []
-    while len(reps) < n_boot:
-        i = rng.integers(0, b.size, b.size)
-        if np.unique(b[i]).size >= 3:
-            p = _cb_lsq(b[i], s[i])
-            reps.append([math.exp(p[0]), math.exp(p[1]), math.exp(p[1] - p[0])])
+    idx = rng.integers(0, b.size, (4 * n_boot + 16, b.size))
+    distinct = (np.sort(b[idx], 1)[:, 1:] != np.sort(b[idx], 1)[:, :-1]).sum(1) + 1
+    idx = idx[distinct >= 3][:n_boot]
+    w = np.stack([np.bincount(i, minlength=b.size) for i in idx]).astype(float) if idx.size else np.zeros((0, b.size))
+    logb, logs = np.log(b), np.log(s)
+
+    def fun(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        z = np.logaddexp(x[:, :1], x[:, 1:] - logb)
+        r, q0 = z - logs, np.exp(x[:, :1] - z)
+        wr = 2 * w[rows] * r
+        return (w[rows] * r * r).sum(1), np.stack([(wr * q0).sum(1), (wr * (1 - q0)).sum(1)], 1)
+
     intervals = {}
-    if reps:
-        r = np.asarray(reps)
+    if w.shape[0]:
+        x, _ = lbfgs(fun, np.tile([ls, le], (w.shape[0], 1)), max_iter=500)
+        r = np.exp(np.column_stack([x[:, 0], x[:, 1], x[:, 1] - x[:, 0]]))
         for j, name in enumerate(("s_min", "e_min", "b_crit")):
             lo, hi = np.quantile(r[:, j], [(1 - level) / 2, (1 + level) / 2])
             intervals[name] = Interval(float(est[j]), float(lo), float(hi), int(b.size), "percentile", level)
