@@ -75,6 +75,20 @@ def test_plan_structure_and_budget():
             assert e3.WARMUP <= e3.branch_start(s) < s
 
 
+@pytest.mark.parametrize("profile", ["quick", "full"])
+def test_every_training_cell_has_a_valid_config(profile, tmp_path):
+    """Warmup, cooldown and step counts of every planned run pass the trainer's validation (no training)."""
+    for c in e3.plan(profile):
+        p = c.params
+        if c.fn.endswith("run_batch"):
+            cfg = e3.batch_config(p, 1e-2, 0, tmp_path)
+            assert cfg.optim.warmup_steps <= cfg.max_steps // 4 + 1
+        elif c.fn.endswith("run_stem"):
+            e3._config(tmp_path, p["size"], 1e-2, e3.branch_start(e3.steps_for(max(p["budgets_m"]))), 0, 0.0)
+        elif "tokens_m" in p:
+            e3._config(tmp_path, p["size"], 1e-2, e3.steps_for(p["tokens_m"]), 0, e3.DECAY_FRACTION)
+
+
 @pytest.fixture(name="few_boots")
 def few_boots_fixture(monkeypatch):
     """100 bootstrap refits and a 3⁵-point start grid (the fitter with Hoffmann's grid: test_study_scaling.py)."""

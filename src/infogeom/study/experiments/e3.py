@@ -19,8 +19,8 @@ loss targets, fitted by (S/S_min − 1)(E/E_min − 1) = 1 (:func:`~infogeom.stu
 non-embedding parameters (Kaplan et al. 2020; ``num_parameters(non_embedding=True)``: without the position table)
 is reported beside it. Leave-largest-N-out: refit without the largest size and predict its runs.
 
-The quick profile (3 sizes ≤ 114k × 3 budgets ≤ 0.5M) is a **smoke test**: with fewer than 5 sizes or 4 budgets
-every E3 verdict is 'inconclusive' by rule.
+The quick profile (3 sizes ≤ 114k × 3 budgets ≤ 0.5M, one replicated cell, a 3-point batch sweep) is a
+**smoke test**: with fewer than 5 sizes or 4 budgets every E3 verdict is 'inconclusive' by rule.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ EVAL_SEED = 1234  # the held-out batches every run is scored on
 MIN_SIZES, MIN_BUDGETS = 5, 4  # fewer: a smoke test, every verdict inconclusive
 PROFILES = {
     "quick": {"sizes": ["19.6k", "66.8k", "114k"], "budgets_m": [0.125, 0.25, 0.5], "lrs": [6e-3, 1.2e-2],
-              "lr_budget_m": 0.125, "reps": [("19.6k", 0.125), ("66.8k", 0.125)], "eval_batches": 8,
+              "lr_budget_m": 0.125, "reps": [("19.6k", 0.125)], "eval_batches": 8,
               "measure": {"batch": 8, "probes": 4},
-              "bs": {"size": "19.6k", "batches": [4, 16, 64], "tokens_m": 0.25, "evals": 25}},
+              "bs": {"size": "19.6k", "batches": [4, 8, 32], "tokens_m": 0.125, "evals": 20}},
     "full": {"sizes": ["19.6k", "66.8k", "114k", "356k", "820k", "2.71M"], "budgets_m": [0.25, 0.5, 1, 2, 4, 8],
              "lrs": [3e-3, 6e-3, 1.2e-2], "lr_budget_m": 0.5, "reps": [("114k", 1), ("356k", 2)],
              "eval_batches": 32, "measure": {"batch": 8, "probes": 4},
@@ -81,9 +81,9 @@ def branch_start(steps: int) -> int:
 
 
 def _config(workdir: Path, size: str, lr: float, steps: int, seed: int, decay_fraction: float, *,
-            batch: int = BATCH, eval_every: int = 0, eval_batches: int = 4, keep_last: int = 3):
+            batch: int = BATCH, eval_every: int = 0, eval_batches: int = 4, keep_last: int = 3, warmup: int = WARMUP):
     cfg = lm_config(workdir, size=size, optimizer="adamw", lr=lr, steps=steps, seed=seed, batch=batch, block=BLOCK,
-                    warmup=WARMUP, eval_every=eval_every, eval_batches=eval_batches, keep_last=keep_last)
+                    warmup=warmup, eval_every=eval_every, eval_batches=eval_batches, keep_last=keep_last)
     cfg.optim.schedule, cfg.optim.decay_fraction = "wsd", float(decay_fraction)
     return cfg.validate()
 
@@ -173,17 +173,21 @@ def run_rep(params: dict, seed: int, workdir: Path, inputs: dict) -> dict:
     return {"lr": lr, **_final(workdir, res, params["eval_batches"], steps)}
 
 
+def batch_config(params: dict, lr: float, seed: int, workdir: Path):
+    """The batch-size sweep arm's config: constant lr after a warmup of ≤ 20 steps (≤ a quarter of the run)."""
+    b = params["batch"]
+    steps = steps_for(params["tokens_m"], b)
+    return _config(workdir, params["size"], lr, steps, seed, 0.0, batch=b, eval_every=max(1, steps // params["evals"]),
+                   eval_batches=max(2, 64 // b), warmup=min(WARMUP, max(1, steps // 4)))
+
+
 def run_batch(params: dict, seed: int, workdir: Path, inputs: dict) -> dict:
     """Batch-size sweep arm: constant lr η·√(B/16) after the warmup, equal tokens; the validation curve."""
-    b = params["batch"]
-    lr = min(0.03, _best_lr(inputs) * math.sqrt(b / BATCH))
-    steps = steps_for(params["tokens_m"], b)
-    every = max(1, steps // params["evals"])
-    cfg = _config(workdir, params["size"], lr, steps, seed, 0.0, batch=b, eval_every=every,
-                  eval_batches=max(2, 64 // b))
-    cfg.optim.warmup_steps = min(WARMUP, steps // 4)
-    res = run_training(cfg.validate())
-    return {"batch": b, "lr": lr, "steps": steps, "curve": res["curve"], "train_time": res["train_time"]}
+    lr = min(0.03, _best_lr(inputs) * math.sqrt(params["batch"] / BATCH))
+    cfg = batch_config(params, lr, seed, workdir)
+    res = run_training(cfg)
+    return {"batch": params["batch"], "lr": lr, "steps": cfg.max_steps, "curve": res["curve"],
+            "train_time": res["train_time"]}
 
 
 def plan(profile: str) -> list[Cell]:
@@ -272,15 +276,19 @@ def _fit_claims(runs: list[dict], sigma: float, smoke: bool, figdir: Path, numbe
     data = {"runs": runs, "fit": fit.to_dict()}
     for i, n in enumerate(np.unique(N)):
         m = N == n
-        a1.scatter(D[m], L[m], color=f"C{i}", s=18, label=f"N = {n:,.0f}")
+        a1.scatter(D[m], L[m], color=f"C{i}", s=18, marker="os^Dv<>"[i % 7], alpha=0.8, label=f"N = {n:,.0f}")
         a1.plot(dd, fit.predict(np.full_like(dd, n), dd), color=f"C{i}", lw=1)
     if llo:
         a1.scatter([r["D"] for r in llo["runs"]], [r["predicted"] for r in llo["runs"]], marker="x", color="k",
                    label="leave-largest-out prediction")
-    a1.set(xscale="log", yscale="log", xlabel="training tokens D (characters)",
+    a1.set(xscale="log", xlabel="training tokens D (characters)",
            ylabel="held-out loss L (nats/char)", title="L(N, D) = E + A/N^α + B/D^β")
     a1.legend(fontsize=7)
     a2.scatter(fit.boot[:, 3], fit.boot[:, 4], s=3, alpha=0.3, label="bootstrap refits")
+    if fit.boot.shape[0] >= 10:  # the central 98% (degenerate refits of a small sweep run off to huge exponents)
+        lim = np.nanquantile(fit.boot[:, 3:5], [0.01, 0.99], axis=0)
+        pad = 0.1 * (lim[1] - lim[0]) + 1e-3
+        a2.set(xlim=(lim[0, 0] - pad[0], lim[1, 0] + pad[0]), ylim=(lim[0, 1] - pad[1], lim[1, 1] + pad[1]))
     a2.scatter([fit.params["alpha"]], [fit.params["beta"]], color="r", marker="*", s=120, label="fit")
     a2.set(xlabel="α (exponent of N)", ylabel="β (exponent of D)", title="(α, β) bootstrap over runs")
     a2.legend(fontsize=7)
