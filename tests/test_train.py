@@ -14,7 +14,7 @@ import torch
 import infogeom.train.trainer as trainer_module
 from infogeom.errors import InfogeomError
 from infogeom.train import Callback, Trainer, load_config, load_model, train
-from infogeom.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from infogeom.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
 from infogeom.train.schedule import build_scheduler
 
 TIME_KEYS = {"train_time", "tokens_per_s"}
@@ -247,6 +247,50 @@ def test_warmup_cosine_schedule_matches_closed_form():
         assert lr == pytest.approx(expected, rel=1e-12)
     assert seen[3] == pytest.approx(0.5) and seen[20:] == pytest.approx([0.05] * 4)
     assert all(v is None for v in sched.state_dict()["lr_lambdas"])  # only numbers are checkpointed
+
+
+def test_wsd_schedule_matches_closed_form():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5)
+    sched = build_scheduler(opt, 4, 20, 0.5, 0.05, schedule="wsd", decay_fraction=0.25)  # cooldown: steps 15-19
+    seen = []
+    for _ in range(24):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expected = [0.5 * (s + 1) / 4 for s in range(4)] + [0.5] * 11 + [0.05 + 0.45 * (1 - k / 5) for k in range(5)]
+    assert seen[:20] == pytest.approx(expected, rel=1e-12) and seen[20:] == pytest.approx([0.05] * 4)
+    # before the cooldown the factor does not depend on max_steps
+    other = build_scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5), 4, 200, 0.5, 0.05,
+                            schedule="wsd", decay_fraction=0.25)
+    assert [other.lr_lambdas[0](s) for s in range(15)] == [sched.lr_lambdas[0](s) for s in range(15)]
+
+
+def test_wsd_cooldown_branch_equals_a_single_run(corpus, tmp_path):
+    """A stable-phase checkpoint (one constant-lr stem run) continued with its own max_steps and cooldown is
+    bit-for-bit the run that had that WSD schedule from the start — the branches of a scaling sweep share a stem."""
+    wsd = {"optim.schedule": "wsd", "optim.min_lr": 0.0, "keep_last": 10}
+    stem = train(tiny_config(corpus, tmp_path / "stem", max_steps=16, **wsd, **{"optim.decay_fraction": 0.0}))
+    assert stem.step == 16
+    branch_cfg = tiny_config(corpus, tmp_path / "branch", max_steps=10, **wsd, **{"optim.decay_fraction": 0.2})
+    branch = train(branch_cfg, resume=checkpoint_path(tmp_path / "stem", 8))  # cooldown = steps 8, 9
+    single = train(tiny_config(corpus, tmp_path / "single", max_steps=10, **wsd, **{"optim.decay_fraction": 0.2}))
+    a, b = load_checkpoint(single.checkpoint), load_checkpoint(branch.checkpoint)
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    assert branch.final_val_loss == single.final_val_loss
+    lrs = [r["lr"] for r in read_jsonl(single.metrics_path) if "lr" in r]
+    assert lrs[-1] == pytest.approx(2e-3 * 0.5) and lrs[-2] == pytest.approx(2e-3)  # log_every 4: steps 4, 8, 10
+    stem_w = load_checkpoint(stem.checkpoint)["model"]
+    assert not all(torch.equal(stem_w[k], a["model"][k]) for k in stem_w)
+
+
+def test_wsd_config_errors():
+    with pytest.raises(InfogeomError, match="optim.schedule"):
+        load_config(None, ["optim.schedule=linear"])
+    with pytest.raises(InfogeomError, match="decay_fraction"):
+        load_config(None, ["optim.schedule=wsd", "optim.decay_fraction=1.5"])
+    with pytest.raises(InfogeomError, match="cooldown"):
+        load_config(None, ["optim.schedule=wsd", "optim.decay_fraction=0.5", "max_steps=80", "optim.warmup_steps=50"])
 
 
 def test_gradient_accumulation_equals_the_larger_batch(corpus, tmp_path):

@@ -66,7 +66,7 @@ def _checkpoint_summary(path: str) -> list[str]:
         f"  FLOPs:     {flops}",
         f"  data:      {d.corpus}, tokenizer {d.tokenizer} ({ckpt['vocab_size']} tokens), "
         f"batch {d.batch_size} x {d.block_size}, grad_accum {cfg.grad_accum}",
-        f"  optimizer: {o.name}, lr {o.lr:g} (warmup {o.warmup_steps}, cosine to {o.min_lr:g}), "
+        f"  optimizer: {o.name}, lr {o.lr:g} (warmup {o.warmup_steps}, {o.schedule} to {o.min_lr:g}), "
         f"weight decay {o.weight_decay:g}, clip {o.grad_clip:g}"
         + (f", options {o.options}" if o.options else ""),
     ]

@@ -25,6 +25,7 @@ import torch
 from ..errors import InfogeomError
 from ..models.gpt import GPTConfig
 from .limits import MAX_SEED, check_int
+from .schedule import SCHEDULES, decay_steps
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -64,6 +65,8 @@ class OptimConfig:
     weight_decay: float = 0.1
     warmup_steps: int = 50
     min_lr: float = 0.0
+    schedule: str = "cosine"
+    decay_fraction: float = 0.2
     grad_clip: float = 1.0
     options: dict = field(default_factory=dict)
 
@@ -114,6 +117,10 @@ class TrainConfig:
         if o.min_lr > o.lr:
             raise InfogeomError(f"optim.min_lr ({o.min_lr}) exceeds optim.lr ({o.lr})")
         _non_negative(o.warmup_steps, "optim.warmup_steps")
+        if o.schedule not in SCHEDULES:
+            raise InfogeomError(f"unknown optim.schedule {o.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if not 0.0 <= o.decay_fraction <= 1.0:
+            raise InfogeomError(f"optim.decay_fraction must be in [0, 1], got {o.decay_fraction}")
         for key in ("max_steps", "grad_accum", "eval_batches", "log_every", "keep_last"):
             _positive(getattr(self, key), key)
         for key in ("max_seconds", "eval_every", "ckpt_every", "seed"):
@@ -122,6 +129,11 @@ class TrainConfig:
             raise InfogeomError(f"optim.warmup_steps ({o.warmup_steps}) exceeds max_steps ({self.max_steps}): "
                                 f"shorten the warmup with --set optim.warmup_steps={self.max_steps // 10} (any "
                                 f"value <= {self.max_steps}) or train longer with --max-steps {o.warmup_steps}")
+        stable = self.max_steps - decay_steps(self.max_steps, o.decay_fraction)
+        if o.schedule == "wsd" and o.warmup_steps > stable:
+            raise InfogeomError(f"optim.warmup_steps ({o.warmup_steps}) runs into the WSD cooldown, which starts at "
+                                f"step {stable} (max_steps {self.max_steps}, optim.decay_fraction "
+                                f"{o.decay_fraction}): use --set optim.warmup_steps={stable} or less")
         _check_ranges(self)
         resolve_device(self.device, check_available=False)
         return self
@@ -168,8 +180,10 @@ FIELD_HELP = {
     "optim.name": "registered optimizer (see `infogeom info`)",
     "optim.lr": "peak learning rate",
     "optim.weight_decay": "decoupled weight decay on matrices",
-    "optim.warmup_steps": "linear warmup steps before the cosine decay",
-    "optim.min_lr": "learning rate reached at max_steps by the cosine decay",
+    "optim.warmup_steps": "linear warmup steps before the decay",
+    "optim.min_lr": "learning rate reached at max_steps by the decay",
+    "optim.schedule": "cosine (warmup, cosine decay) or wsd (warmup, constant, linear cooldown)",
+    "optim.decay_fraction": "wsd: fraction of max_steps spent in the final linear cooldown",
     "optim.grad_clip": "clip the global gradient norm to this value (0 = off)",
     "optim.options": "extra keyword arguments of the optimizer, e.g. optim.options.momentum=0.9",
     "max_steps": "optimizer steps to train (the schedule's length)",

@@ -5,7 +5,7 @@ random windows from the seeded training stream (a ``torch.Generator``), and unde
 [r·B/W, (r+1)·B/W): W processes see exactly the batches of one process, and DDP's gradient average equals the
 one-process gradient of the mean loss. Loss per micro-step is the mean token cross-entropy; gradients are
 accumulated as ∇(L/grad_accum), clipped to ``grad_clip`` (global norm), then ``optimizer.step()`` and the
-warmup-cosine schedule step.
+learning-rate schedule step (warmup-cosine or warmup-stable-decay, :mod:`.schedule`).
 
 Safety, for every optimizer (torch's own included): the global gradient norm is read each step (one host sync,
 as AMP's GradScaler does); a non-finite one skips ``optimizer.step()`` (the schedule still advances), and
@@ -192,7 +192,8 @@ class Trainer:
         torch.manual_seed(cfg.seed + 1 + d.rank)  # dropout stream, distinct per rank
         o = cfg.optim
         self.optimizer = build_optimizer(o.name, self.model, o.lr, o.weight_decay, **o.options)
-        self.scheduler = build_scheduler(self.optimizer, o.warmup_steps, cfg.max_steps, o.lr, o.min_lr)
+        self.scheduler = build_scheduler(self.optimizer, o.warmup_steps, cfg.max_steps, o.lr, o.min_lr, o.schedule,
+                                         o.decay_fraction)
         self.data_generator = torch.Generator().manual_seed(cfg.seed)
         self.step, self.train_time = 0, 0.0
         self.history: list[dict] = []

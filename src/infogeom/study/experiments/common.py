@@ -62,12 +62,13 @@ class SaveAtSteps(Callback):
             trainer.save_checkpoint()
 
 
-def run_training(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> dict:
-    """Train ``cfg`` (resuming its run folder's latest checkpoint, so a killed cell continues) and summarize the
-    metrics: ``curve`` = [(train seconds, step, val loss)], final losses, seconds per step."""
+def run_training(cfg: TrainConfig, callbacks: Iterable[Callback] = (), start: Path | None = None) -> dict:
+    """Train ``cfg`` (resuming its run folder's latest checkpoint, so a killed cell continues; else from the
+    checkpoint ``start`` of another run, if given) and summarize the metrics: ``curve`` = [(train seconds, step,
+    val loss)], final losses, seconds per step."""
     out = Path(cfg.out_dir)
-    resume = "latest" if list_checkpoints(out) else None
-    if resume is None and out.exists():  # a cell killed before its first checkpoint: start over
+    resume = "latest" if list_checkpoints(out) else start
+    if resume != "latest" and out.exists():  # a cell killed before its first checkpoint: start over
         for f in out.rglob("*"):
             if f.is_file():
                 f.unlink()
