@@ -37,7 +37,8 @@ def register(subparsers) -> None:
         "table and writes JSON (and PNG plots) into --out (default: next to the checkpoint, in "
         "<checkpoint>-curvature/). Items (--what): " + ", ".join(ITEMS) + ".",
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file (runs/NAME/checkpoints/*.pt)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="checkpoint file (runs/NAME/checkpoints/*.pt) or hf:PATH (a transformers checkpoint folder)")
     p.add_argument(
         "--what",
         default="eig,trace,density",
@@ -112,11 +113,10 @@ def run(args: argparse.Namespace) -> int:
             raise InfogeomError(f"--{name} must be positive")
     if "interpolate" in what and not args.compare:
         raise InfogeomError("--what interpolate needs a second checkpoint: --compare CHECKPOINT")
-    out = check_output_dir(
-        Path(args.out)
-        if args.out
-        else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "-curvature")
-    )
+    pretrained = args.checkpoint.startswith("hf:")  # a transformers checkpoint as it is (no optimizer state)
+    source = Path(args.checkpoint[3:] if pretrained else args.checkpoint).expanduser()
+    out = check_output_dir(Path(args.out) if args.out else source.with_name(source.name + "-curvature")
+                           if pretrained else source.with_name(source.stem + "-curvature"))
     device = resolve_device(args.device)
     model, tokenizer, cfg = load_model(args.checkpoint, device)
     check_memory(3 * estimate_bytes(cfg.model, tokenizer.vocab_size, args.batch_size, cfg.data.block_size),
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     batch = data.get_batch(
         args.split, args.batch_size, block, torch.Generator().manual_seed(args.seed), device=device
     )
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = {} if pretrained else load_checkpoint(args.checkpoint)
     optimizer = _optimizer_from(ckpt, model, cfg) if "sharpness" in what else None
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     step = ckpt.get("step", "?")
