@@ -214,3 +214,32 @@ def from_config_dict(data: dict, attention: str = "math") -> HFCausalLM:
         raise InfogeomError(f"stored transformers config is not usable here: {_first_line(exc)}") from None
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=ATTENTION[attention])
     return HFCausalLM(model.float())
+
+
+def export_pretrained(model: nn.Module, tokenizer, out: Path) -> list[str]:
+    """Write ``model`` (an :class:`HFCausalLM`) and, when it has a ``tokenizers`` backend (bpe:N, hf:PATH),
+    its tokenizer as a ``PreTrainedTokenizerFast`` to the new folder ``out`` with ``save_pretrained``: filled
+    in a hidden temporary folder beside it, then renamed into place (no partial folder). Returns the files."""
+    import os
+    import shutil
+
+    from ..data.cache import make_temp_dir
+
+    if not isinstance(model, HFCausalLM):
+        raise InfogeomError(f"only transformers models (arch hf or hf-gpt2) can be exported, not "
+                            f"{type(model).__name__}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InfogeomError(f"{out} already exists and is not an empty folder; choose a new OUT")
+    transformers = transformers_module()
+    tmp = make_temp_dir(out.absolute().parent)
+    try:
+        model.model.save_pretrained(tmp)
+        backend = getattr(tokenizer, "_tok", None)
+        if backend is not None:
+            transformers.PreTrainedTokenizerFast(tokenizer_object=backend).save_pretrained(tmp)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return sorted(p.name for p in out.iterdir())

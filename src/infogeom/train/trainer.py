@@ -202,6 +202,8 @@ class Trainer:
         o = cfg.optim
         self.optimizer = build_optimizer(o.name, self.model, o.lr, o.weight_decay, **o.options)
         self.scheduler = build_scheduler(self.optimizer, o.warmup_steps, cfg.max_steps, o.lr, o.min_lr)
+        if getattr(self.optimizer, "coverage", None) and cfg.progress:
+            self._note(f"infogeom: note: {self.optimizer.coverage}")
         self.data_generator = torch.Generator().manual_seed(cfg.seed)
         self.step, self.train_time = 0, 0.0
         self.history: list[dict] = []
