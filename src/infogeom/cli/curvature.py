@@ -56,6 +56,8 @@ def register(subparsers) -> None:
         "--split", choices=("train", "val"), default="train", help="data split of the batch (train)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the batch and all random probes (0)")
+    p.add_argument("--corpus", metavar="SPEC", help="draw the batch from another corpus, split as in training "
+                   "and encoded with the model's tokenizer (default: the run's; shakespeare for hf:PATH)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: <checkpoint>-curvature next to it)")
     p.add_argument("--k", type=int, default=3, help="eigenpairs for 'eig' (3)")
     p.add_argument("--tol", type=float, default=1e-4, help="Lanczos relative residual tolerance (1e-4)")
@@ -124,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
     compare = None
     if "interpolate" in what:
         compare = load_model(args.compare, device)[0].state_dict()
+    if args.corpus:
+        cfg.data.corpus = args.corpus
     data = prepare_run_data(cfg.data)
     block = cfg.data.block_size
     batch = data.get_batch(

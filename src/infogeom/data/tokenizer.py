@@ -180,10 +180,16 @@ class PretrainedTokenizer(BPETokenizer):
                                 f"tokenizer; save it with PreTrainedTokenizerFast")
         return cls(tok.backend_tokenizer, f"hf:{path}")
 
+    def __init__(self, hf_tokenizer, spec: str):
+        super().__init__(hf_tokenizer, spec)
+        pre = json.loads(hf_tokenizer.to_str()).get("pre_tokenizer") or {}
+        # GPT-2 pre-tokenization (byte level, its regex, no prefix space, no normalizer): the pieces between
+        # safe newlines encode in parallel to the same ids; any other tokenizer encodes the text in one call
+        self._parallel = (pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+                          and not pre.get("add_prefix_space", False) and hf_tokenizer.normalizer is None)
+
     def encode_array(self, text: str) -> np.ndarray:
-        pre = json.loads(self._tok.to_str()).get("pre_tokenizer") or {}
-        byte_level = pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
-        if byte_level and self._tok.normalizer is None:  # GPT-2 pre-tokens: newline pieces encode in parallel
+        if self._parallel:
             return super().encode_array(text)
         return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
 
