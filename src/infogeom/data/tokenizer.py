@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import InfogeomError
 from .cache import atomic_write
 
-TOKENIZER_HELP = "char, byte, bpe:N (an integer N >= 256) or hf:PATH (a transformers checkpoint's)"
+TOKENIZER_HELP = "char, byte or bpe:N (an integer N >= 256), or hf:PATH (a transformers checkpoint's)"
 FORMAT = "infogeom-tokenizer"
 MIN_BPE_VOCAB = 256
 
