@@ -92,6 +92,7 @@ from ..errors import InfogeomError
 from ..models.gpt import lm_loss
 from ..models.linear import LINEAR, linear_dims, linear_kind
 from ..operators import capture_active
+from .dataset import as_batches
 from .fisher import sample_labels
 from .functional import Batch, curvature_mode
 
@@ -395,20 +396,22 @@ class KFACCapture:
         state.nM += count
 
 
-def _run(capture: KFACCapture, model: nn.Module, batch: Batch) -> None:
-    x, y = batch
+def _run(capture: KFACCapture, model: nn.Module, batch: Batch | Iterable[Batch]) -> None:
+    """Accumulate the capture over one batch or every batch of an iterable (sums and token counts add up)."""
     with capture, curvature_mode(model), torch.enable_grad():
-        logits = model(x)
-        if capture.fisher == "empirical":
-            params = [p for p in model.parameters() if p.requires_grad]
-            torch.autograd.grad(lm_loss(logits, y), params, allow_unused=True)
+        for x, y in as_batches(batch):
+            logits = model(x)
+            if capture.fisher == "empirical":
+                params = [p for p in model.parameters() if p.requires_grad]
+                torch.autograd.grad(lm_loss(logits, y), params, allow_unused=True)
 
 
-def kfac_factors(model: nn.Module, batch: Batch, approx: str = "expand", fisher: str = "mc",
+def kfac_factors(model: nn.Module, batch: Batch | Iterable[Batch], approx: str = "expand", fisher: str = "mc",
                  mc_samples: int = 1,
                  generator: torch.Generator | None = None,
                  modules: Sequence[str] | None = None) -> dict[str, LayerFactors]:
-    """K-FAC factors of every Linear/Embedding layer for one batch (module docstring for the conventions)."""
+    """K-FAC factors of every Linear/Embedding layer for one batch, or accumulated over an iterable of batches
+    (token means over all of them; module docstring for the conventions)."""
     capture = KFACCapture(model, approx, fisher, mc_samples, generator, "mean", modules)
     _run(capture, model, batch)
     return capture.factors()
@@ -423,12 +426,13 @@ def eigenbasis(f: LayerFactors) -> tuple[torch.Tensor | None, torch.Tensor, torc
     return QA, QG, ea, eg
 
 
-def ekfac_factors(model: nn.Module, batch: Batch, approx: str = "expand", fisher: str = "mc",
+def ekfac_factors(model: nn.Module, batch: Batch | Iterable[Batch], approx: str = "expand", fisher: str = "mc",
                   mc_samples: int = 1,
                   generator: torch.Generator | None = None,
                   modules: Sequence[str] | None = None) -> dict[str, LayerFactors]:
     """K-FAC factors plus EK-FAC moments in their eigenbasis (a second pass over ``batch`` with the same MC
     labels)."""
+    batch = as_batches(batch)  # iterated twice
     state = generator.get_state() if generator is not None else None
     capture = KFACCapture(model, approx, fisher, mc_samples, generator, "mean", modules)
     _run(capture, model, batch)
