@@ -83,3 +83,23 @@ def test_bad_arguments():
         dataset_operator("curly", model, four_batches())
     with pytest.raises(InfogeomError, match="only for kind 'kfac'"):
         dataset_operator("hessian", model, four_batches(), approx="expand")
+
+
+def test_finite_difference_hessian_matches_the_exact_product():
+    from infogeom.geometry import FiniteDifferenceHessian, HessianOperator
+    model = tiny_gpt(attention="sdpa")  # the FD operator keeps the fused path: no double backward needed
+    batch = random_batch(vocab=11, B=3, T=8, seed=4)
+    exact, fd = HessianOperator(model, batch), FiniteDifferenceHessian(model, batch)
+    V = probes(exact, 4)
+    err = torch.linalg.matrix_norm(fd.matmat(V) - exact.matmat(V)) / torch.linalg.matrix_norm(exact.matmat(V))
+    assert err <= 1e-4, err
+    torch.testing.assert_close(fd.gradient, exact.gradient, rtol=1e-10, atol=1e-14)
+    assert model.attention == "sdpa"
+    model32 = tiny_gpt(dtype=torch.float32, attention="sdpa")  # float32: the documented ~1e-3
+    e32, f32 = HessianOperator(model32, batch), FiniteDifferenceHessian(model32, batch)
+    V32 = V.float()
+    err32 = torch.linalg.matrix_norm(f32.matmat(V32) - e32.matmat(V32)) / torch.linalg.matrix_norm(e32.matmat(V32))
+    assert err32 <= 1e-2, err32
+    op = dataset_operator("hessian-fd", model, four_batches(), micro_batch_size=2)
+    ref = dataset_operator("hessian", model, four_batches())
+    assert torch.linalg.matrix_norm(op.matmat(V) - ref.matmat(V)) <= 1e-4 * torch.linalg.matrix_norm(ref.matmat(V))

@@ -9,7 +9,14 @@ import torch
 import torch.nn as nn
 
 from ..errors import InfogeomError
-from ..geometry import EKFACOperator, FisherOperator, GGNOperator, HessianOperator, KFACOperator
+from ..geometry import (
+    EKFACOperator,
+    FiniteDifferenceHessian,
+    FisherOperator,
+    GGNOperator,
+    HessianOperator,
+    KFACOperator,
+)
 from ..geometry.dataset import DatasetOperator, micro_batches
 from ..geometry.functional import Batch
 from ..geometry.kfac import ekfac_factors, kfac_factors
@@ -25,7 +32,7 @@ from ..operators import (
 __all__ = ["OPERATOR_KINDS", "CountedOperator", "DatasetOperator", "DiagonalOperator", "RestrictedOperator",
            "build_operator", "dataset_operator", "parameter_index", "restrict"]
 
-OPERATOR_KINDS = ("hessian", "ggn", "fisher", "fisher-mc", "fisher-empirical")
+OPERATOR_KINDS = ("hessian", "hessian-fd", "ggn", "fisher", "fisher-mc", "fisher-empirical")
 
 
 def build_operator(
@@ -35,10 +42,13 @@ def build_operator(
     names: Sequence[str] | None = None,
     generator: torch.Generator | None = None,
 ) -> CurvatureOperator:
-    """The curvature of the mean token loss on ``batch`` by name: 'hessian', 'ggn', 'fisher' (exact),
+    """The curvature of the mean token loss on ``batch`` by name: 'hessian', 'hessian-fd' (central differences of
+    gradients, no double backward), 'ggn', 'fisher' (exact),
     'fisher-mc' (one sampled label per token from ``generator``) or 'fisher-empirical'."""
     if kind == "hessian":
         return HessianOperator(model, batch, names=names)
+    if kind == "hessian-fd":
+        return FiniteDifferenceHessian(model, batch, names=names)
     if kind == "ggn":
         return GGNOperator(model, batch, names=names)
     if kind.startswith("fisher"):
