@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from ..errors import InfogeomError
 
 # Command modules, in the order ``--help`` lists them.
-COMMAND_MODULES = ["train", "evaluate", "sample", "info", "quantum", "curvature", "plot", "study"]
+COMMAND_MODULES = ["train", "evaluate", "sample", "export", "info", "quantum", "curvature", "plot", "study"]
 
 
 class Parser(argparse.ArgumentParser):

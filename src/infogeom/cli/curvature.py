@@ -37,7 +37,8 @@ def register(subparsers) -> None:
         "table and writes JSON (and PNG plots) into --out (default: next to the checkpoint, in "
         "<checkpoint>-curvature/). Items (--what): " + ", ".join(ITEMS) + ".",
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file (runs/NAME/checkpoints/*.pt)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="checkpoint file (runs/NAME/checkpoints/*.pt) or hf:PATH (a transformers checkpoint folder)")
     p.add_argument(
         "--what",
         default="eig,trace,density",
@@ -55,6 +56,8 @@ def register(subparsers) -> None:
         "--split", choices=("train", "val"), default="train", help="data split of the batch (train)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the batch and all random probes (0)")
+    p.add_argument("--corpus", metavar="SPEC", help="draw the batch from another corpus, split as in training "
+                   "and encoded with the model's tokenizer (default: the run's; shakespeare for hf:PATH)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: <checkpoint>-curvature next to it)")
     p.add_argument("--k", type=int, default=3, help="eigenpairs for 'eig' (3)")
     p.add_argument("--tol", type=float, default=1e-4, help="Lanczos relative residual tolerance (1e-4)")
@@ -112,11 +115,10 @@ def run(args: argparse.Namespace) -> int:
             raise InfogeomError(f"--{name} must be positive")
     if "interpolate" in what and not args.compare:
         raise InfogeomError("--what interpolate needs a second checkpoint: --compare CHECKPOINT")
-    out = check_output_dir(
-        Path(args.out)
-        if args.out
-        else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "-curvature")
-    )
+    pretrained = args.checkpoint.startswith("hf:")  # a transformers checkpoint as it is (no optimizer state)
+    source = Path(args.checkpoint[3:] if pretrained else args.checkpoint).expanduser()
+    out = check_output_dir(Path(args.out) if args.out else source.with_name(source.name + "-curvature")
+                           if pretrained else source.with_name(source.stem + "-curvature"))
     device = resolve_device(args.device)
     model, tokenizer, cfg = load_model(args.checkpoint, device)
     check_memory(3 * estimate_bytes(cfg.model, tokenizer.vocab_size, args.batch_size, cfg.data.block_size),
@@ -124,12 +126,14 @@ def run(args: argparse.Namespace) -> int:
     compare = None
     if "interpolate" in what:
         compare = load_model(args.compare, device)[0].state_dict()
+    if args.corpus:
+        cfg.data.corpus = args.corpus
     data = prepare_run_data(cfg.data)
     block = cfg.data.block_size
     batch = data.get_batch(
         args.split, args.batch_size, block, torch.Generator().manual_seed(args.seed), device=device
     )
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = {} if pretrained else load_checkpoint(args.checkpoint)
     optimizer = _optimizer_from(ckpt, model, cfg) if "sharpness" in what else None
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     step = ckpt.get("step", "?")

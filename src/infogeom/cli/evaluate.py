@@ -19,7 +19,8 @@ def register(subparsers) -> None:
         description="Mean next-token cross-entropy (nats/token) and perplexity exp(loss) of a checkpoint on "
         "fixed random windows. By default it uses the run's own data, batches and seed, so it reproduces the "
         "last validation loss the run logged.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file (runs/NAME/checkpoints/*.pt)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="checkpoint file (runs/NAME/checkpoints/*.pt) or hf:PATH (a transformers checkpoint folder)")
     p.add_argument("--split", choices=("val", "train"), default="val", help="data split (default: val)")
     p.add_argument("--corpus", metavar="SPEC", help="evaluate on another corpus instead (all of its text, "
                    "encoded with the checkpoint's tokenizer): shakespeare, pydoc, a .txt file, hf:NAME")

@@ -18,7 +18,8 @@ def register(subparsers) -> None:
         "sample", help="generate text from a checkpoint",
         description="Autoregressive sampling: each next token is drawn from softmax(logits / temperature), "
         "restricted to the top-k tokens when --top-k is given; the context is the last block_size tokens.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file (runs/NAME/checkpoints/*.pt)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="checkpoint file (runs/NAME/checkpoints/*.pt) or hf:PATH (a transformers checkpoint folder)")
     p.add_argument("--prompt", default="", help="text to continue (default: a newline)")
     p.add_argument("--tokens", type=int, default=200, metavar="N", help="tokens to generate (default: 200)")
     p.add_argument("--temperature", type=float, default=0.8,

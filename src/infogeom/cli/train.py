@@ -37,6 +37,7 @@ examples:
   infogeom train --corpus pydoc --tokenizer bpe:512 --max-steps 2000 --out runs/pydoc
   infogeom train --config run.toml --set optim.options.momentum=0.9 --set model.dropout=0.1
   infogeom train --out runs/pydoc --resume latest  # continue a stopped run (Ctrl-C writes a checkpoint)
+  infogeom train --model hf:models/my-gpt2 --corpus notes.txt --block-size 64 --max-steps 100  # fine-tune
   torchrun --nproc_per_node=2 -m infogeom train    # DDP: data.batch_size is split over the processes
 """
 
@@ -67,6 +68,10 @@ def register(subparsers) -> None:
                    help="override one config key, e.g. --set optim.lr=3e-4 (repeatable; applied last)")
     for flag, keys, metavar in FLAGS:
         p.add_argument(flag, metavar=metavar, help=f"{FIELD_HELP[keys[0]]} (sets {' and '.join(keys)})")
+    p.add_argument("--model", metavar="SPEC",
+                   help="gpt, hf-gpt2, or hf:PATH to fine-tune / continue a pretrained transformers checkpoint "
+                   "(a folder with config.json, safetensors and its tokenizer; sets model.arch=hf, model.path "
+                   "and data.tokenizer=hf)")
     p.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue from a checkpoint file, or 'latest' in --out DIR; the run's own config is "
                    "the base, so only the settings you pass change (the model and vocabulary must not)")
@@ -82,8 +87,17 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _model_overrides(spec: str | None) -> list[str]:
+    """``--model``: ``hf:PATH`` sets the arch, the path and the tokenizer; anything else is model.arch."""
+    if spec is None:
+        return []
+    if spec.startswith("hf:"):
+        return ["model.arch=hf", f"model.path={spec[3:]}", "data.tokenizer=hf"]
+    return [f"model.arch={spec}"]
+
+
 def _overrides(args: argparse.Namespace) -> list[str]:
-    out = []
+    out = _model_overrides(args.model)
     for flag, keys, _ in FLAGS:
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:

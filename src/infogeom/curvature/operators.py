@@ -3,14 +3,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn as nn
 
 from ..errors import InfogeomError
-from ..geometry import FisherOperator, GGNOperator, HessianOperator
+from ..geometry import (
+    EKFACOperator,
+    FiniteDifferenceHessian,
+    FisherOperator,
+    GGNOperator,
+    HessianOperator,
+    KFACOperator,
+)
+from ..geometry.dataset import DatasetOperator, micro_batches
 from ..geometry.functional import Batch
+from ..geometry.kfac import ekfac_factors, kfac_factors
 from ..operators import (
     CountedOperator,
     CurvatureOperator,
@@ -20,10 +29,10 @@ from ..operators import (
     restrict,
 )
 
-__all__ = ["OPERATOR_KINDS", "CountedOperator", "DiagonalOperator", "RestrictedOperator", "build_operator",
-           "parameter_index", "restrict"]
+__all__ = ["OPERATOR_KINDS", "CountedOperator", "DatasetOperator", "DiagonalOperator", "RestrictedOperator",
+           "build_operator", "dataset_operator", "parameter_index", "restrict"]
 
-OPERATOR_KINDS = ("hessian", "ggn", "fisher", "fisher-mc", "fisher-empirical")
+OPERATOR_KINDS = ("hessian", "hessian-fd", "ggn", "fisher", "fisher-mc", "fisher-empirical")
 
 
 def build_operator(
@@ -33,10 +42,13 @@ def build_operator(
     names: Sequence[str] | None = None,
     generator: torch.Generator | None = None,
 ) -> CurvatureOperator:
-    """The curvature of the mean token loss on ``batch`` by name: 'hessian', 'ggn', 'fisher' (exact),
+    """The curvature of the mean token loss on ``batch`` by name: 'hessian', 'hessian-fd' (central differences of
+    gradients, no double backward), 'ggn', 'fisher' (exact),
     'fisher-mc' (one sampled label per token from ``generator``) or 'fisher-empirical'."""
     if kind == "hessian":
         return HessianOperator(model, batch, names=names)
+    if kind == "hessian-fd":
+        return FiniteDifferenceHessian(model, batch, names=names)
     if kind == "ggn":
         return GGNOperator(model, batch, names=names)
     if kind.startswith("fisher"):
@@ -44,3 +56,35 @@ def build_operator(
         if fisher_kind is not None:
             return FisherOperator(model, batch, kind=fisher_kind, generator=generator, names=names)
     raise InfogeomError(f"unknown operator {kind!r}; choose one of {', '.join(OPERATOR_KINDS)}")
+
+
+def dataset_operator(
+    kind: str,
+    model: nn.Module,
+    batches: Batch | Iterable[Batch],
+    micro_batch_size: int | None = None,
+    names: Sequence[str] | None = None,
+    seed: int = 0,
+    cache: bool = False,
+    **kfac_options,
+) -> CurvatureOperator:
+    """The curvature ``kind`` of the token-weighted mean loss over ``batches`` (:mod:`infogeom.geometry.dataset`):
+    the :func:`build_operator` kinds as a :class:`DatasetOperator` over micro-batches of at most
+    ``micro_batch_size`` sequences ('fisher-mc' draws the labels of micro-batch m from seed ``seed + m``, the
+    same at every product), or ``'kfac'`` / ``'ekfac'`` with factors accumulated over all micro-batches
+    (``kfac_options``: approx, fisher, mc_samples, modules as :class:`~infogeom.geometry.KFACOperator`; the MC
+    generator is seeded with ``seed``)."""
+    if kind in ("kfac", "ekfac"):
+        factors = (kfac_factors if kind == "kfac" else ekfac_factors)(
+            model, micro_batches(batches, micro_batch_size), generator=torch.Generator().manual_seed(seed),
+            **kfac_options)
+        return (KFACOperator if kind == "kfac" else EKFACOperator).from_factors(model, factors)
+    if kfac_options:
+        raise InfogeomError(f"options {', '.join(kfac_options)} are only for kind 'kfac' or 'ekfac'")
+    if kind not in OPERATOR_KINDS:
+        raise InfogeomError(f"unknown operator {kind!r}; choose one of {', '.join(OPERATOR_KINDS)}, kfac, ekfac")
+
+    def build(batch: Batch, m: int) -> CurvatureOperator:
+        return build_operator(kind, model, batch, names, torch.Generator().manual_seed(seed + m))
+
+    return DatasetOperator(build, batches, micro_batch_size, cache)

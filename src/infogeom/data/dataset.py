@@ -102,10 +102,12 @@ def prepare_data(corpus: str = "shakespeare", tokenizer: str = "char", val_fract
             math.isfinite(val_fraction) and 0.0 < val_fraction < 1.0):
         raise InfogeomError(f"val_fraction must be a number strictly between 0 and 1, got {val_fraction!r}")
     kind, n = parse_tokenizer_spec(tokenizer)
-    spec = f"bpe:{n}" if kind == "bpe" else kind
+    spec = f"bpe:{n}" if kind == "bpe" else tokenizer.strip() if kind == "hf" else kind
+    # a pretrained tokenizer is keyed by its content: the folder may change under the same path
+    key_spec = spec if kind != "hf" else sha256_hex(json.dumps(build_tokenizer(spec, "").to_dict(), sort_keys=True))
     text = load_corpus(corpus, max_bytes)
     corpus_sha = sha256_hex(text)
-    key = sha256_hex(json.dumps({"version": CACHE_VERSION, "corpus_sha256": corpus_sha, "tokenizer": spec,
+    key = sha256_hex(json.dumps({"version": CACHE_VERSION, "corpus_sha256": corpus_sha, "tokenizer": key_spec,
                                  "val_fraction": float(val_fraction)}, sort_keys=True))
     root = ensure_dir(Path(cache_dir).expanduser() if cache_dir else cache_root() / "tokens")
     entry = root / key[:32]

@@ -6,6 +6,10 @@
 - ``byte``: the 256 UTF-8 byte values; any text encodes, decoding invalid UTF-8 gives U+FFFD.
 - ``bpe:N``: byte-level BPE (GPT-2 style pre-tokenization, Hugging Face ``tokenizers``) trained to at most N
   tokens (N ≥ 256: the byte alphabet plus N − 256 merges; fewer if the text runs out of pairs).
+- ``hf:PATH``: the fast tokenizer (``AutoTokenizer``) of a transformers checkpoint folder (or a locally cached
+  Hub name); the text is encoded without special tokens (no BOS/EOS), and the tokenizer's full JSON is stored,
+  so a checkpoint keeps working when the folder is gone. ``hf`` alone (in a run config) means the tokenizer of
+  ``model.path``.
 
 Encoding is vectorized (NumPy for char/byte, batched Rust for BPE); ``encode_array`` returns int64 ids.
 """
@@ -24,7 +28,7 @@ import numpy as np
 from ..errors import InfogeomError
 from .cache import atomic_write
 
-TOKENIZER_HELP = "char, byte or bpe:N (an integer N >= 256)"
+TOKENIZER_HELP = "char, byte or bpe:N (an integer N >= 256), or hf:PATH (a transformers checkpoint's)"
 FORMAT = "infogeom-tokenizer"
 MIN_BPE_VOCAB = 256
 
@@ -157,11 +161,46 @@ class BPETokenizer(Tokenizer):
         return {"hf_tokenizer": json.loads(self._tok.to_str())}
 
 
+class PretrainedTokenizer(BPETokenizer):
+    """A transformers checkpoint's fast tokenizer (its ``tokenizers`` backend); spec ``hf:PATH``."""
+
+    @classmethod
+    def load(cls, path: str) -> PretrainedTokenizer:
+        """``AutoTokenizer.from_pretrained(path, local_files_only=True)`` (must be a fast tokenizer)."""
+        from ..models.hf import transformers_module
+
+        transformers = transformers_module()
+        try:
+            tok = transformers.AutoTokenizer.from_pretrained(str(Path(path).expanduser()), local_files_only=True)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            first = " ".join((str(exc).strip().splitlines() or [type(exc).__name__])[0].split())[:200]
+            raise InfogeomError(f"hf:{path} holds no usable tokenizer (tokenizer.json): {first}") from None
+        if not getattr(tok, "is_fast", False) or getattr(tok, "backend_tokenizer", None) is None:
+            raise InfogeomError(f"hf:{path}: the tokenizer {type(tok).__name__} is not a fast (tokenizers) "
+                                f"tokenizer; save it with PreTrainedTokenizerFast")
+        return cls(tok.backend_tokenizer, f"hf:{path}")
+
+    def __init__(self, hf_tokenizer, spec: str):
+        super().__init__(hf_tokenizer, spec)
+        pre = json.loads(hf_tokenizer.to_str()).get("pre_tokenizer") or {}
+        # GPT-2 pre-tokenization (byte level, its regex, no prefix space, no normalizer): the pieces between
+        # safe newlines encode in parallel to the same ids; any other tokenizer encodes the text in one call
+        self._parallel = (pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+                          and not pre.get("add_prefix_space", False) and hf_tokenizer.normalizer is None)
+
+    def encode_array(self, text: str) -> np.ndarray:
+        if self._parallel:
+            return super().encode_array(text)
+        return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+
+
 def parse_tokenizer_spec(spec: str) -> tuple[str, int | None]:
-    """``'char' | 'byte' | 'bpe:N'`` → (kind, N or None); anything else raises InfogeomError."""
+    """``'char' | 'byte' | 'bpe:N' | 'hf:PATH'`` → (kind, N or None); anything else raises InfogeomError."""
     spec = str(spec).strip()
     if spec in ("char", "byte"):
         return spec, None
+    if spec.startswith("hf:") and spec[3:].strip():
+        return "hf", None
     if spec.startswith("bpe:"):
         n = spec[4:]
         if not (n.isascii() and n.isdigit()) or int(n) < MIN_BPE_VOCAB:
@@ -176,6 +215,8 @@ def build_tokenizer(spec: str, text: str) -> Tokenizer:
     kind, n = parse_tokenizer_spec(spec)
     if kind == "byte":
         return ByteTokenizer()
+    if kind == "hf":
+        return PretrainedTokenizer.load(spec.strip()[3:])
     if not text:
         raise InfogeomError(f"cannot build a {spec} tokenizer from empty text")
     return CharTokenizer(text) if kind == "char" else BPETokenizer.train(text, n)
@@ -192,7 +233,8 @@ def tokenizer_from_dict(state: dict) -> Tokenizer:
         if kind == "char":
             return CharTokenizer(state["chars"])
         from tokenizers import Tokenizer as HFTokenizer
-        return BPETokenizer(HFTokenizer.from_str(json.dumps(state["hf_tokenizer"])), state["spec"])
+        cls = PretrainedTokenizer if kind == "hf" else BPETokenizer
+        return cls(HFTokenizer.from_str(json.dumps(state["hf_tokenizer"])), state["spec"])
     except InfogeomError:
         raise
     except Exception as exc:  # KeyError/TypeError from a bad dict; tokenizers raises a bare Exception

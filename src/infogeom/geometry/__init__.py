@@ -24,13 +24,14 @@ from .fisher import (
     sample_labels,
 )
 from .functional import curvature_mode, logits_function, loss_function, select_parameters
-from .hessian import HessianOperator
+from .hessian import FiniteDifferenceHessian, HessianOperator
 from .kfac import KFACCapture, LayerFactors, LayerInfo, ekfac_factors, kfac_factors
 from .report import approximation_report, format_report
 from .structured import EKFACOperator, KFACOperator, diagonal_approximation, low_rank_approximation
 
 __all__ = [
     "CurvatureOperator", "DenseOperator", "DiagonalOperator", "EKFACOperator", "FISHER_KINDS",
+    "FiniteDifferenceHessian",
     "FisherOperator",
     "GGNOperator", "HessianOperator", "KFACCapture", "KFACOperator", "KroneckerOperator", "LayerFactors",
     "LayerInfo", "LowRankOperator", "OutputCurvatureOperator", "approximation_report", "conjugate_gradient",

@@ -24,7 +24,10 @@ output curvature M_n = diag(p_n) − p_n p_nᵀ:
 - ``fisher="empirical"``: the gradient of the caller's own backward (observed labels): U = p − e_y.
 
 Biases are folded into A by appending a constant 1 to the input (A is (d_in+1)², the bias is the last
-column of the joint [W | b] block). These are exactly curvlinops' ``KFACLinearOperator`` factors with
+column of the joint [W | b] block). transformers' ``Conv1D`` (GPT-2; y = x W + b with W stored ``[d_in, d_out]``)
+is the same linear map: the same A and G, kind ``"conv1d"``, with its gradient matrix oriented as stored,
+X = [∇W; ∇b] ``[d_in(+1), d_out]`` (bias the last row) so that F X ≈ A X G (moments in that layout too).
+These are exactly curvlinops' ``KFACLinearOperator`` factors with
 ``separate_weight_and_bias=False`` and a mean-reduced ``CrossEntropyLoss``.
 
 ``nn.Embedding`` (weight E [num, dim]; a lookup is a linear layer on one-hot inputs): A is *diagonal*, the
@@ -87,7 +90,9 @@ import torch.nn as nn
 
 from ..errors import InfogeomError
 from ..models.gpt import lm_loss
+from ..models.linear import LINEAR, linear_dims, linear_kind
 from ..operators import capture_active
+from .dataset import as_batches
 from .fisher import sample_labels
 from .functional import Batch, curvature_mode
 
@@ -98,8 +103,8 @@ OutputSource = Callable[[torch.Tensor], Iterable[torch.Tensor]]
 
 @dataclass
 class LayerInfo:
-    """A captured layer: ``kind`` is ``"linear"`` or ``"embedding"``; parameter names as in
-    ``named_parameters``."""
+    """A captured layer: ``kind`` is ``"linear"``, ``"conv1d"`` (transposed weight) or ``"embedding"``;
+    parameter names as in ``named_parameters``."""
 
     name: str
     kind: str
@@ -123,7 +128,7 @@ class LayerFactors:
     def oriented(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(L, R)`` with F X ≈ L X R on the layer's gradient matrix X: ``(G, A)`` for a linear layer
         (X = [∇W | ∇b]), ``(diag A, G)`` for an embedding (X = ∇E; L a vector)."""
-        return (self.G, self.A) if self.info.kind == "linear" else (self.A, self.G)
+        return (self.G, self.A) if self.info.kind == LINEAR else (self.A, self.G)
 
 
 @dataclass
@@ -143,22 +148,24 @@ class _State:
 
 
 def find_layers(model: nn.Module, modules: Sequence[str] | None = None) -> list[LayerInfo]:
-    """Linear and Embedding modules with trainable weights; tied weights go to the Linear (module doc)."""
+    """Linear (``nn.Linear``, ``Conv1D``) and Embedding modules with trainable weights; tied weights go to the
+    linear map (module doc)."""
     names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
-    found = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding))}
+    found = {n: m for n, m in model.named_modules() if linear_kind(m) or isinstance(m, nn.Embedding)}
     if modules is not None:
         missing = [m for m in modules if m not in found]
         if missing:
-            raise InfogeomError(f"not a Linear/Embedding module: {', '.join(missing)}")
+            raise InfogeomError(f"not a Linear/Embedding module (nn.Linear, Conv1D, nn.Embedding): "
+                                f"{', '.join(missing)}")
         found = {n: found[n] for n in modules}
-    linear_weights = {id(m.weight) for m in found.values() if isinstance(m, nn.Linear)}
+    linear_weights = {id(m.weight) for m in found.values() if linear_kind(m)}
     layers = []
     for name, m in found.items():
         if id(m.weight) not in names:
             continue
-        if isinstance(m, nn.Linear):
+        if linear_kind(m):
             bias = names.get(id(m.bias)) if m.bias is not None else None
-            layers.append(LayerInfo(name, "linear", m, names[id(m.weight)], bias))
+            layers.append(LayerInfo(name, linear_kind(m), m, names[id(m.weight)], bias))
         elif id(m.weight) not in linear_weights:
             layers.append(LayerInfo(name, "embedding", m, names[id(m.weight)]))
     if not layers:
@@ -289,7 +296,7 @@ class KFACCapture:
                 return
             x = inputs[0].detach()
             replaced = None
-            if state.info.kind == "linear":
+            if state.info.kind != "embedding":
                 self._accumulate_input(state, x)
             else:
                 if self._batch > 1 and (x.ndim == 1 or x.shape[0] == 1):  # lookup shared by the batch (wpe)
@@ -335,7 +342,7 @@ class KFACCapture:
 
     def _accumulate_input(self, state: _State, x: torch.Tensor) -> None:
         weight = state.info.module.weight
-        d_in = weight.shape[1]
+        d_in = linear_dims(state.info.module)[0]
         a = x.reshape(x.shape[0], -1, d_in).to(weight.dtype)  # [B', T', d_in]; 2-D inputs get T' = 1
         state.lead, state.seq = a.shape[0], a.shape[1]
         rows = a.reshape(-1, d_in) if self.approx == "expand" else a.mean(dim=1)
@@ -366,8 +373,8 @@ class KFACCapture:
         """``g``: output gradient(s) of the layer, ``[K, *output.shape]`` for K batched cotangents, taken times
         ``scale`` (applied after the sequence reduction: cheaper than scaling ``g``)."""
         weight = state.info.module.weight
-        linear = state.info.kind == "linear"
-        d_out = weight.shape[0] if linear else weight.shape[1]
+        linear = state.info.kind != "embedding"
+        d_out = linear_dims(state.info.module)[1] if linear else weight.shape[1]
         g = g.reshape(-1, state.lead, state.seq, d_out).to(weight.dtype)  # [K, B', T', d_out]
         rows = (g.sum(dim=2) if self.approx == "reduce" and linear else g).reshape(-1, d_out)
         self._add(state, "G", (rows.T @ rows).mul_(scale * scale))
@@ -377,8 +384,9 @@ class KFACCapture:
         if scale != 1.0:
             g = g * scale
         g_rot = g @ state.basis[1]
-        if linear:
-            per_seq = torch.einsum("kbto,bti->kboi", g_rot, state.cache)
+        if linear:  # in the layout of the layer's gradient matrix (Conv1D: [d_in(+1), d_out])
+            layout = "kboi" if state.info.kind == LINEAR else "kbio"
+            per_seq = torch.einsum(f"kbto,bti->{layout}", g_rot, state.cache)
         else:
             idx = state.cache.repeat(g.shape[0], 1)
             g_rot = g_rot.reshape(idx.shape[0], -1, d_out)
@@ -388,20 +396,22 @@ class KFACCapture:
         state.nM += count
 
 
-def _run(capture: KFACCapture, model: nn.Module, batch: Batch) -> None:
-    x, y = batch
+def _run(capture: KFACCapture, model: nn.Module, batch: Batch | Iterable[Batch]) -> None:
+    """Accumulate the capture over one batch or every batch of an iterable (sums and token counts add up)."""
     with capture, curvature_mode(model), torch.enable_grad():
-        logits = model(x)
-        if capture.fisher == "empirical":
-            params = [p for p in model.parameters() if p.requires_grad]
-            torch.autograd.grad(lm_loss(logits, y), params, allow_unused=True)
+        for x, y in as_batches(batch):
+            logits = model(x)
+            if capture.fisher == "empirical":
+                params = [p for p in model.parameters() if p.requires_grad]
+                torch.autograd.grad(lm_loss(logits, y), params, allow_unused=True)
 
 
-def kfac_factors(model: nn.Module, batch: Batch, approx: str = "expand", fisher: str = "mc",
+def kfac_factors(model: nn.Module, batch: Batch | Iterable[Batch], approx: str = "expand", fisher: str = "mc",
                  mc_samples: int = 1,
                  generator: torch.Generator | None = None,
                  modules: Sequence[str] | None = None) -> dict[str, LayerFactors]:
-    """K-FAC factors of every Linear/Embedding layer for one batch (module docstring for the conventions)."""
+    """K-FAC factors of every Linear/Embedding layer for one batch, or accumulated over an iterable of batches
+    (token means over all of them; module docstring for the conventions)."""
     capture = KFACCapture(model, approx, fisher, mc_samples, generator, "mean", modules)
     _run(capture, model, batch)
     return capture.factors()
@@ -416,12 +426,13 @@ def eigenbasis(f: LayerFactors) -> tuple[torch.Tensor | None, torch.Tensor, torc
     return QA, QG, ea, eg
 
 
-def ekfac_factors(model: nn.Module, batch: Batch, approx: str = "expand", fisher: str = "mc",
+def ekfac_factors(model: nn.Module, batch: Batch | Iterable[Batch], approx: str = "expand", fisher: str = "mc",
                   mc_samples: int = 1,
                   generator: torch.Generator | None = None,
                   modules: Sequence[str] | None = None) -> dict[str, LayerFactors]:
     """K-FAC factors plus EK-FAC moments in their eigenbasis (a second pass over ``batch`` with the same MC
     labels)."""
+    batch = as_batches(batch)  # iterated twice
     state = generator.get_state() if generator is not None else None
     capture = KFACCapture(model, approx, fisher, mc_samples, generator, "mean", modules)
     _run(capture, model, batch)

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import InfogeomError
+from ..models.linear import CONV1D
 from ..operators import (
     CurvatureOperator,
     DenseOperator,
@@ -55,7 +56,7 @@ def _eig(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
 def kfac_block(f: LayerFactors) -> KroneckerBlock:
     """K-FAC block L ⊗ R of a layer (:meth:`LayerFactors.oriented`): grid e_L ⊗ e_R in the factors' eigenbases."""
     (eL, QL), (eR, QR) = (_eig(M) for M in f.oriented())
-    return KroneckerBlock(f.info.weight, f.info.bias, QL, QR, torch.outer(eL, eR), eL, eR)
+    return KroneckerBlock(f.info.weight, f.info.bias, QL, QR, torch.outer(eL, eR), eL, eR, f.info.kind == CONV1D)
 
 
 def ekfac_block(f: LayerFactors) -> KroneckerBlock:
@@ -65,6 +66,8 @@ def ekfac_block(f: LayerFactors) -> KroneckerBlock:
     QA, QG = f.eigenbasis
     if f.info.kind == "linear":
         return KroneckerBlock(f.info.weight, f.info.bias, QG, QA, f.moments)
+    if f.info.kind == CONV1D:  # X = [∇W; ∇b] is [d_in(+1), d_out]: the input side on the left
+        return KroneckerBlock(f.info.weight, f.info.bias, QA, QG, f.moments, bias_row=True)
     return KroneckerBlock(f.info.weight, f.info.bias, None, QG, f.moments)
 
 

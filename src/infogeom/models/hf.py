@@ -13,9 +13,19 @@ the causal-mask builder read at every forward (checked for GPT-2 with transforme
 
 ``HFCausalLM.from_gpt2(...)`` builds a randomly initialised ``GPT2LMHeadModel`` from a ``GPT2Config`` (never
 from the Hub); requires the optional ``transformers`` package (``pip install 'infogeom[hf]'``).
+
+Pretrained checkpoints (``model.arch = "hf"``): :func:`inspect_checkpoint` reads a transformers folder's
+``config.json`` (or a Hub name already in the local Hugging Face cache: ``local_files_only``, never the network)
+and counts the parameters of the architecture on the ``meta`` device, so the memory check runs before any
+weight is read; :func:`load_pretrained` then loads the weights (float32) with the requested attention path and
+:func:`from_config_dict` rebuilds the architecture from the config stored in an infogeom checkpoint.
 """
 
 from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -93,3 +103,143 @@ class HFCausalLM(nn.Module):
                  top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Sampling ``idx [B, T0] -> [B, T0 + max_new_tokens]`` (:func:`infogeom.models.gpt.generate`)."""
         return generate(self, idx, max_new_tokens, self.block_size, temperature, top_k, generator)
+
+
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+
+
+def transformers_module():
+    """``transformers`` with its progress bars off, or a one-line error naming the extra to install."""
+    try:
+        import transformers
+    except ImportError as exc:
+        raise InfogeomError("Hugging Face models need the optional 'transformers' package: "
+                            "pip install 'infogeom[hf]'") from exc
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join((str(exc).strip().splitlines() or [type(exc).__name__])[0].split())[:300]
+
+
+def source_of(path: str) -> tuple[str, bool]:
+    """(name for ``from_pretrained``, is a local folder); a missing or non-folder local path is an error."""
+    p = Path(path).expanduser()
+    if p.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1:
+        if not p.is_dir():
+            raise InfogeomError(f"hf:{path}: no such folder" if not p.exists() else f"hf:{path} is not a folder")
+        if not (p / "config.json").is_file():
+            raise InfogeomError(f"hf:{path} is not a transformers checkpoint (no config.json in the folder)")
+        if not any(any(p.glob(pattern)) for pattern in WEIGHT_FILES):
+            raise InfogeomError(f"hf:{path} is not a transformers checkpoint (config.json but no weights: "
+                                f"model.safetensors or pytorch_model.bin)")
+        return str(p), True
+    return path, False
+
+
+@dataclass
+class CheckpointInfo:
+    """What :func:`inspect_checkpoint` learns without loading weights."""
+
+    source: str
+    config: object  # transformers.PretrainedConfig
+    parameters: int  # distinct parameters (tied once)
+
+    @property
+    def shape(self) -> dict:
+        """infogeom's ModelConfig shape fields (block_size, n_layer, n_head, n_embd, tie_weights)."""
+        text = self.config.get_text_config()
+        block = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None) or 2048
+        return {"block_size": int(block), "n_layer": int(text.num_hidden_layers),
+                "n_head": int(text.num_attention_heads), "n_embd": int(text.hidden_size),
+                "tie_weights": bool(getattr(text, "tie_word_embeddings", False))}
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config.get_text_config().vocab_size)
+
+
+def _causal_lm_on_meta(transformers, config) -> nn.Module:
+    try:
+        with torch.device("meta"):
+            return transformers.AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InfogeomError(f"{type(config).__name__} ({config.model_type}) is not a causal language model "
+                            f"transformers can build: {_first_line(exc)}") from None
+
+
+def inspect_checkpoint(path: str) -> CheckpointInfo:
+    """Config and parameter count of the checkpoint ``path`` (a local folder or a locally cached Hub name)."""
+    transformers = transformers_module()
+    source, local = source_of(path)
+    try:
+        config = transformers.AutoConfig.from_pretrained(source, local_files_only=True)
+    except (ValueError, KeyError) as exc:  # unknown model_type, malformed config
+        raise InfogeomError(f"hf:{path}: architecture unknown to transformers {transformers.__version__}: "
+                            f"{_first_line(exc)}") from None
+    except OSError as exc:
+        if local:
+            raise InfogeomError(f"hf:{path}: cannot read config.json: {_first_line(exc)}") from None
+        raise InfogeomError(f"hf:{path} is neither a local folder nor in the local Hugging Face cache, and "
+                            f"infogeom never downloads (offline: local_files_only); fetch it first, e.g. "
+                            f"`hf download {path}`, or pass the folder") from None
+    meta = _causal_lm_on_meta(transformers, config)
+    return CheckpointInfo(source, config, sum(p.numel() for p in meta.parameters()))
+
+
+def load_pretrained(info: CheckpointInfo, attention: str = "math") -> HFCausalLM:
+    """The checkpoint's weights (float32) in an :class:`HFCausalLM` on the CPU, attention path ``attention``."""
+    transformers = transformers_module()
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            info.source, config=info.config, local_files_only=True, dtype=torch.float32,
+            attn_implementation=ATTENTION[attention])
+    except (OSError, ValueError) as exc:
+        raise InfogeomError(f"cannot load the weights of hf:{info.source}: {_first_line(exc)}") from None
+    return HFCausalLM(model)
+
+
+def config_dict(model: HFCausalLM) -> dict:
+    """The transformers config as plain JSON values (fits a ``weights_only`` checkpoint)."""
+    return json.loads(model.model.config.to_json_string(use_diff=False))
+
+
+def from_config_dict(data: dict, attention: str = "math") -> HFCausalLM:
+    """A freshly initialised model of the architecture ``data`` (:func:`config_dict`), for loading a state."""
+    transformers = transformers_module()
+    try:
+        config = transformers.AutoConfig.for_model(**data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InfogeomError(f"stored transformers config is not usable here: {_first_line(exc)}") from None
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=ATTENTION[attention])
+    return HFCausalLM(model.float())
+
+
+def export_pretrained(model: nn.Module, tokenizer, out: Path) -> list[str]:
+    """Write ``model`` (an :class:`HFCausalLM`) and, when it has a ``tokenizers`` backend (bpe:N, hf:PATH),
+    its tokenizer as a ``PreTrainedTokenizerFast`` to the new folder ``out`` with ``save_pretrained``: filled
+    in a hidden temporary folder beside it, then renamed into place (no partial folder). Returns the files."""
+    import os
+    import shutil
+
+    from ..data.cache import make_temp_dir
+
+    if not isinstance(model, HFCausalLM):
+        raise InfogeomError(f"only transformers models (arch hf or hf-gpt2) can be exported, not "
+                            f"{type(model).__name__}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InfogeomError(f"{out} already exists and is not an empty folder; choose a new OUT")
+    transformers = transformers_module()
+    tmp = make_temp_dir(out.absolute().parent)
+    try:
+        model.model.save_pretrained(tmp)
+        backend = getattr(tokenizer, "_tok", None)
+        if backend is not None:
+            transformers.PreTrainedTokenizerFast(tokenizer_object=backend).save_pretrained(tmp)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return sorted(p.name for p in out.iterdir())

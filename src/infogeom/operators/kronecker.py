@@ -37,14 +37,19 @@ def from_eigenbasis(Y: torch.Tensor, QL: torch.Tensor | None, QR: torch.Tensor |
     return Y if QR is None else Y @ QR.T
 
 
-def pack_bias(W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """The layer matrix [W | b] ``[..., d_out, d_in + 1]`` (just W without a bias)."""
-    return W if b is None else torch.cat([W, b[..., None]], dim=-1)
+def pack_bias(W: torch.Tensor, b: torch.Tensor | None, row: bool = False) -> torch.Tensor:
+    """The layer matrix [W | b] ``[..., d_out, d_in + 1]`` (just W without a bias); ``row``: W is stored
+    transposed ``[d_in, d_out]`` (transformers' Conv1D) and b becomes the last row, ``[..., d_in + 1, d_out]``."""
+    if b is None:
+        return W
+    return torch.cat([W, b[..., None, :]], dim=-2) if row else torch.cat([W, b[..., None]], dim=-1)
 
 
-def unpack_bias(M: torch.Tensor, bias: bool) -> list[torch.Tensor]:
+def unpack_bias(M: torch.Tensor, bias: bool, row: bool = False) -> list[torch.Tensor]:
     """Inverse of :func:`pack_bias`: ``[W]`` or ``[W, b]``."""
-    return [M[..., :-1], M[..., -1]] if bias else [M]
+    if not bias:
+        return [M]
+    return [M[..., :-1, :], M[..., -1, :]] if row else [M[..., :-1], M[..., -1]]
 
 
 def symmetric_eigh(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,6 +90,7 @@ class KroneckerBlock:
     grid: torch.Tensor
     eL: torch.Tensor | None = None
     eR: torch.Tensor | None = None
+    bias_row: bool = False  # the bias is X's last row (a transposed Conv1D weight), not its last column
 
     @property
     def names(self) -> list[str]:
@@ -92,11 +98,11 @@ class KroneckerBlock:
 
     def pack(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[k, d_L, d_R]`` from the parameter-shaped ``parts[name] [k, *shape]``."""
-        return pack_bias(parts[self.weight], None if self.bias is None else parts[self.bias])
+        return pack_bias(parts[self.weight], None if self.bias is None else parts[self.bias], self.bias_row)
 
     def unpack(self, M: torch.Tensor) -> dict[str, torch.Tensor]:
         """Inverse of :meth:`pack`."""
-        return dict(zip(self.names, unpack_bias(M, self.bias is not None)))
+        return dict(zip(self.names, unpack_bias(M, self.bias is not None, self.bias_row)))
 
     def apply(self, M: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """Q_L [scale ⊙ (Q_Lᵀ M Q_R)] Q_Rᵀ for ``M [..., d_L, d_R]``."""

@@ -86,5 +86,6 @@ class EKFAC(KroneckerOptimizer):
         core = EKFACCore(model, modules, lr, weight_decay, eps, approx, fisher, mc_samples, cov_every,
                          inv_every, factor_decay, damping_boost, seed, betas=tuple(betas),
                          nesterov=bool(nesterov), max_basis_dim=max_basis_dim)
-        super().__init__(model, core, lr if adamw_lr is None else adamw_lr, weight_decay, betas, eps)
+        super().__init__(model, core, lr if adamw_lr is None else adamw_lr, weight_decay, betas, eps,
+                         (head, embeddings, max_factor_dim))
 

@@ -127,5 +127,5 @@ class KFAC(KroneckerOptimizer):
         core = KFACCore(model, modules, lr, weight_decay, damping, approx, fisher, mc_samples, cov_every,
                         inv_every, factor_decay, damping_boost, seed, damping_mode=damping_mode,
                         kl_clip=kl_clip, momentum=momentum, max_basis_dim=max_basis_dim)
-        super().__init__(model, core, adamw_lr, weight_decay, betas, eps)
+        super().__init__(model, core, adamw_lr, weight_decay, betas, eps, (head, embeddings, max_factor_dim))
 

@@ -4,6 +4,7 @@ Curvature comes from :class:`infogeom.geometry.kfac.KFACCapture` (hooks on the m
 here). Per preconditioned layer the gradient is a matrix X with Fisher block F X ≈ L X R:
 
 - ``nn.Linear``: X = [∇W | ∇b] ``[d_out, d_in(+1)]``, L = G (output-gradient factor), R = A (input factor);
+- transformers' ``Conv1D`` (weight stored ``[d_in, d_out]``): X = [∇W; ∇b] ``[d_in(+1), d_out]``, L = A, R = G;
 - ``nn.Embedding``: X = ∇E ``[num, dim]``, L = diag(A) (index frequencies, a vector), R = G.
 
 Schedule (k = number of completed steps): the capture is enabled only for the forward(s) before a step with
@@ -38,6 +39,7 @@ from torch.optim import Optimizer
 
 from ..errors import InfogeomError
 from ..geometry.kfac import KFACCapture, LayerInfo
+from ..models.linear import CONV1D, linear_dims, linear_kind
 from ..operators import KroneckerBlock, KroneckerOperator, pack_bias, symmetric_eigh, unpack_bias
 from .distributed import all_reduce_mean_, broadcast_, rank, world_size
 from .hybrid import HybridOptimizer
@@ -64,11 +66,15 @@ class Layer:
         def grad(p: nn.Parameter) -> torch.Tensor:
             return p.grad if p.grad is not None else torch.zeros_like(p)
 
-        return pack_bias(grad(self.weight), None if self.bias is None else grad(self.bias))
+        return pack_bias(grad(self.weight), None if self.bias is None else grad(self.bias), self.bias_row)
+
+    @property
+    def bias_row(self) -> bool:
+        return self.info.kind == CONV1D
 
     def split(self, X: torch.Tensor) -> list[torch.Tensor]:
         """Inverse of :meth:`grad_matrix`: ``[W-shaped, b-shaped]``."""
-        return unpack_bias(X, self.bias is not None)
+        return unpack_bias(X, self.bias is not None, self.bias_row)
 
 
 def due(step: int, every: int) -> bool:
@@ -88,11 +94,11 @@ def select_layers(model: nn.Module, head: bool | str = "auto", embeddings: bool 
         is_head = name.rsplit(".", 1)[-1] in head_names
         if is_head and head == "auto" and id(m.weight) in embedded:
             continue
-        if max(m.in_features, m.out_features) <= max_factor_dim:
+        if max(linear_dims(m)) <= max_factor_dim:
             chosen[name] = m
     taken = {id(m.weight) for m in chosen.values()}
     head_weights = {id(m.weight) for n, m in model.named_modules()
-                    if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in head_names}
+                    if linear_kind(m) and n.rsplit(".", 1)[-1] in head_names}
     names = list(chosen)
     if embeddings:
         names += [n for n, m in model.named_modules()
@@ -101,6 +107,41 @@ def select_layers(model: nn.Module, head: bool | str = "auto", embeddings: bool 
     if not names:
         raise InfogeomError("no nn.Linear/nn.Embedding layer to precondition (check head/max_factor_dim)")
     return names
+
+
+def coverage(model: nn.Module, layers: list[Layer], label: str, head: bool | str, embeddings: bool,
+             max_factor_dim: int, head_names=HEAD_NAMES) -> str:
+    """One line: preconditioned modules and parameters out of all trainable ones, and why the others fall back
+    to AdamW (grouped by reason, a few names each)."""
+    covered = {id(p) for la in layers for p in la.params}
+    total = {id(p): p.numel() for p in model.parameters() if p.requires_grad}
+    names = {la.info.name for la in layers}
+    fallback: dict[str, list[str]] = {}
+    for name, m in model.named_modules():
+        own = [p for p in m.parameters(recurse=False) if p.requires_grad and id(p) not in covered]
+        if name in names or not own:
+            continue
+        short = name.rsplit(".", 1)[-1]
+        if linear_kind(m):
+            if short in head_names and head is False:
+                why = "head=False"
+            elif short in head_names and head == "auto" and any(m.weight is e.weight for e in model.modules()
+                                                                 if isinstance(e, nn.Embedding)):
+                why = "head tied to the embedding (head='auto')"
+            elif max(linear_dims(m)) > max_factor_dim:
+                why = f"wider than max_factor_dim={max_factor_dim}"
+            else:
+                why = "weight shared with an embedding"
+        elif isinstance(m, nn.Embedding):
+            why = f"embedding wider than max_factor_dim={max_factor_dim}" if embeddings else "embeddings=False"
+        else:
+            why = f"{type(m).__name__}: not a linear map"
+        fallback.setdefault(why, []).append(name)
+    n_cov, n_all = sum(total[i] for i in covered if i in total), sum(total.values())
+    parts = [f"{why}: {len(ns)} ({', '.join(ns[:2])}{', ...' if len(ns) > 2 else ''})"
+             for why, ns in fallback.items()]
+    return (f"{label} coverage: {len(layers)} layers, {n_cov:,} of {n_all:,} parameters preconditioned "
+            f"({100 * n_cov / max(n_all, 1):.1f}%); AdamW on " + ("; ".join(parts) if parts else "nothing"))
 
 
 class KroneckerCore(Preconditioned, Optimizer):
@@ -251,7 +292,7 @@ class KroneckerCore(Preconditioned, Optimizer):
         for la in self.layers:
             _, _, QL, QR = self.eigenbasis(la)
             blocks.append(KroneckerBlock(names[id(la.weight)], None if la.bias is None else names[id(la.bias)],
-                                         QL, QR, self._grid(la)))
+                                         QL, QR, self._grid(la), bias_row=la.bias_row))
         params = [p for la in self.layers for p in la.params]
         op = KroneckerOperator(blocks, [names[id(p)] for p in params], [p.shape for p in params])
         factor, kind = self._stability()
@@ -291,8 +332,9 @@ class KroneckerOptimizer(HybridOptimizer):
     """A :class:`KroneckerCore` on the chosen layers plus AdamW (``adamw_lr``) on every other parameter."""
 
     def __init__(self, model: nn.Module, core: KroneckerCore, adamw_lr: float, weight_decay: float,
-                 betas=(0.9, 0.95), eps: float = 1e-8):
+                 betas=(0.9, 0.95), eps: float = 1e-8, selection: tuple = ("auto", False, 2048)):
         taken = [p for la in core.layers for p in la.params]
+        self.coverage = coverage(model, core.layers, core.label, *selection)  # the trainer prints it at start
         rest = adamw_groups(model, taken, weight_decay)
         parts = [core] + ([torch.optim.AdamW(rest, lr=adamw_lr, betas=tuple(betas), eps=eps)] if rest else [])
         super().__init__(parts)

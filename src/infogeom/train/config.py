@@ -32,15 +32,20 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ARCHS = ("gpt", "hf-gpt2")
+ARCHS = ("gpt", "hf-gpt2", "hf")
 
 
 @dataclass
 class ModelConfig(GPTConfig):
     """GPT shape (``GPTConfig`` fields; ``vocab_size`` comes from the tokenizer) plus the architecture and
-    optional quantum layers (:func:`infogeom.models.quantum_layer.add_quantum_layers`)."""
+    optional quantum layers (:func:`infogeom.models.quantum_layer.add_quantum_layers`).
+
+    ``arch = "hf"`` loads the transformers checkpoint ``path`` instead: its shape fields (block_size, n_layer,
+    n_head, n_embd, tie_weights) are then filled in from the checkpoint's config when the run starts, and
+    ``dropout``, ``bias`` and ``norm`` are the checkpoint's own (the fields here are not used)."""
 
     arch: str = "gpt"
+    path: str = ""
     quantum_blocks: str = ""
     quantum_target: str = "mlp"
     n_qubits: int = 4
@@ -97,6 +102,18 @@ class TrainConfig:
         if m.arch not in ARCHS:
             raise InfogeomError(f"unknown model.arch {m.arch!r}; choose one of {', '.join(ARCHS)}")
         m.validate()
+        if (m.arch == "hf") != bool(m.path.strip()):
+            raise InfogeomError("model.arch='hf' needs model.path (a transformers checkpoint folder or a cached "
+                                "Hub name)" if m.arch == "hf" else
+                                f"model.path is only used with model.arch='hf' (arch is {m.arch!r})")
+        if m.arch == "hf":
+            if d.tokenizer.strip() == "hf":
+                d.tokenizer = f"hf:{m.path}"
+            if not d.tokenizer.strip().startswith("hf:"):
+                raise InfogeomError(f"model.arch='hf' reads text with the checkpoint's tokenizer: set "
+                                    f"data.tokenizer='hf' (got {d.tokenizer!r}); --model hf:PATH sets both")
+            if m.quantum_blocks.strip():
+                raise InfogeomError("model.quantum_blocks is only available for model.arch='gpt'")
         if m.arch == "hf-gpt2":
             gpt2 = GPTConfig()
             for key in ("bias", "tie_weights", "norm"):
@@ -109,7 +126,7 @@ class TrainConfig:
             raise InfogeomError(f"data.val_fraction must be strictly between 0 and 1, got {d.val_fraction}")
         _positive(d.batch_size, "data.batch_size")
         _positive(d.block_size, "data.block_size")
-        if d.block_size > m.block_size:
+        if d.block_size > m.block_size and m.arch != "hf":  # hf: checked once the checkpoint's is known
             raise InfogeomError(f"data.block_size ({d.block_size}) exceeds model.block_size ({m.block_size})")
         _positive(o.lr, "optim.lr")
         for key in ("weight_decay", "min_lr", "grad_clip"):
@@ -156,7 +173,9 @@ def _check_ranges(cfg: TrainConfig) -> None:
 
 
 FIELD_HELP = {
-    "model.arch": "architecture: gpt (infogeom's GPT) or hf-gpt2 (transformers' GPT-2, needs infogeom[hf])",
+    "model.arch": "architecture: gpt (infogeom's GPT), hf-gpt2 (transformers' GPT-2 from these shape keys) or hf "
+                  "(the pretrained checkpoint model.path; needs infogeom[hf])",
+    "model.path": "with arch hf: a transformers checkpoint folder (config.json + safetensors) or a cached Hub name",
     "model.block_size": "longest context the model accepts (learned positions)",
     "model.n_layer": "number of transformer blocks",
     "model.n_head": "attention heads per block (must divide n_embd)",
@@ -171,7 +190,7 @@ FIELD_HELP = {
     "model.n_qubits": "qubits per quantum layer",
     "model.quantum_depth": "ansatz layers per quantum layer",
     "data.corpus": "shakespeare, pydoc, a .txt file or folder, or hf:NAME[:CONFIG]",
-    "data.tokenizer": "char, byte or bpe:N",
+    "data.tokenizer": "char, byte, bpe:N, hf:PATH or hf (the tokenizer of model.path)",
     "data.val_fraction": "fraction of the corpus (its end) held out for validation",
     "data.batch_size": "sequences per micro-step, summed over all processes (the global batch)",
     "data.block_size": "training sequence length (at most model.block_size)",

@@ -51,9 +51,11 @@ def model_parameters(vocab: int, block: int, n_layer: int, n_embd: int, tied: bo
 
 
 def estimate_bytes(model, vocab: int, batch: int, tokens: int, training: bool = True,
-                   stored_tokens: int = 0) -> int:
-    """Bytes (see the module docstring) for ``model`` (a ModelConfig) on a ``batch × tokens`` batch."""
-    P = model_parameters(vocab, model.block_size, model.n_layer, model.n_embd, model.tie_weights)
+                   stored_tokens: int = 0, params: int | None = None) -> int:
+    """Bytes (see the module docstring) for ``model`` (a ModelConfig) on a ``batch × tokens`` batch;
+    ``params``: the exact parameter count when known (a pretrained checkpoint's), instead of the GPT formula."""
+    P = params if params is not None else model_parameters(vocab, model.block_size, model.n_layer, model.n_embd,
+                                                           model.tie_weights)
     copies = 2 + OPTIMIZER_COPIES if training else 1
     acts = 4 * batch * tokens * (model.n_layer * (16 * model.n_embd + 2 * model.n_head * tokens) + 3 * vocab)
     return 4 * P * copies + acts + 16 * stored_tokens

@@ -1,4 +1,8 @@
-"""A run's model and data built from its config, and a trained model loaded back from a checkpoint."""
+"""A run's model and data built from its config, and a trained model loaded back from a checkpoint.
+
+``load_model`` also takes ``"hf:PATH"``: a pretrained transformers checkpoint (config + safetensors + tokenizer)
+as it is, with a default run config around it (``model.arch = "hf"``), so ``eval``, ``sample`` and ``curvature``
+work on it directly."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..data import TokenData, Tokenizer, prepare_data, tokenizer_from_dict
+from ..data import TokenData, Tokenizer, build_tokenizer, prepare_data, tokenizer_from_dict
 from ..errors import InfogeomError
 from ..models.gpt import GPT, GPTConfig
 from ..models.quantum_layer import add_quantum_layers
@@ -17,14 +21,38 @@ from .config import DataConfig, ModelConfig, TrainConfig, config_from_dict
 from .limits import check_memory, estimate_bytes
 
 
-def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
+def inspect_hf(cfg: ModelConfig):
+    """The :class:`~infogeom.models.hf.CheckpointInfo` of ``cfg.path``; fills ``cfg``'s shape fields from it."""
+    from ..models.hf import inspect_checkpoint
+
+    info = inspect_checkpoint(cfg.path)
+    for key, value in info.shape.items():
+        setattr(cfg, key, value)
+    return info
+
+
+def check_vocab(tokenizer: Tokenizer, model_vocab: int, what: str) -> None:
+    """Every token id of ``tokenizer`` must have a row in the model's embedding (padding rows are fine)."""
+    if tokenizer.vocab_size > model_vocab:
+        raise InfogeomError(f"the tokenizer ({tokenizer.spec}, {tokenizer.vocab_size:,} tokens) does not match "
+                            f"{what}: its vocabulary has only {model_vocab:,} rows")
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, hf=None) -> nn.Module:
     """A freshly initialized model (uses the global torch RNG): GPT (with quantum layers in
-    ``cfg.quantum_blocks``) or the Hugging Face GPT-2 adapter."""
+    ``cfg.quantum_blocks``) or the Hugging Face GPT-2 adapter. ``arch = "hf"``: ``hf`` is the checkpoint's
+    :class:`~infogeom.models.hf.CheckpointInfo` (its pretrained weights are loaded) or a stored transformers
+    config dict (architecture only, for a state dict to be loaded into)."""
+    if cfg.arch == "hf":
+        from ..models.hf import from_config_dict, load_pretrained
+        if hf is None:
+            raise InfogeomError("model.arch='hf' needs the checkpoint (inspect_hf) or its stored config")
+        return from_config_dict(hf, cfg.attention) if isinstance(hf, dict) else load_pretrained(hf, cfg.attention)
     if cfg.arch == "hf-gpt2":
         from ..models.hf import HFCausalLM
         return HFCausalLM.from_gpt2(vocab_size, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd,
                                     dropout=cfg.dropout, attention=cfg.attention)
-    extra = ("arch", "quantum_blocks", "quantum_target", "n_qubits", "quantum_depth")
+    extra = ("arch", "path", "quantum_blocks", "quantum_target", "n_qubits", "quantum_depth")
     fields = {k: v for k, v in asdict(cfg).items() if k not in extra}
     model = GPT(GPTConfig(**{**fields, "vocab_size": vocab_size}))
     if cfg.quantum_blocks.strip():
@@ -60,14 +88,36 @@ def config_of(ckpt: dict, source: str | Path) -> TrainConfig:
         raise InfogeomError(f"checkpoint {source} holds an invalid config: {exc}") from None
 
 
+def hf_run_config(path: str) -> tuple[TrainConfig, object]:
+    """The default run config around the pretrained checkpoint ``path`` (arch hf, its tokenizer, its shape;
+    the training window is the default one, shortened to the model's context) and its CheckpointInfo."""
+    cfg = config_from_dict({"model": {"arch": "hf", "path": path}, "data": {"tokenizer": "hf"}})
+    info = inspect_hf(cfg.model)
+    cfg.data.block_size = min(cfg.data.block_size, cfg.model.block_size)
+    return cfg.validate(), info
+
+
 def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu"
                ) -> tuple[nn.Module, Tokenizer, TrainConfig]:
-    """(model in eval mode on ``device``, its tokenizer, its training config) from a checkpoint file."""
+    """(model in eval mode on ``device``, its tokenizer, its training config) from a checkpoint file, or from
+    ``"hf:PATH"`` (a transformers checkpoint folder: its weights, tokenizer and :func:`hf_run_config`)."""
+    device = torch.device(device)
+    if str(checkpoint_path).startswith("hf:"):
+        cfg, info = hf_run_config(str(checkpoint_path)[3:])
+        tokenizer = build_tokenizer(cfg.data.tokenizer, "")
+        check_vocab(tokenizer, info.vocab_size, f"the model hf:{cfg.model.path}")
+        check_memory(estimate_bytes(cfg.model, info.vocab_size, 1, 1, training=False, params=info.parameters),
+                     device, f"the model hf:{cfg.model.path} ({info.parameters:,} parameters)")
+        return build_model(cfg.model, info.vocab_size, info).to(device).eval(), tokenizer, cfg
     ckpt = load_checkpoint(checkpoint_path)
     cfg = config_of(ckpt, checkpoint_path)
     tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
-    check_memory(estimate_bytes(cfg.model, tokenizer.vocab_size, 1, 1, training=False), torch.device(device),
+    hf_config = ckpt.get("hf_config") if cfg.model.arch == "hf" else None
+    if cfg.model.arch == "hf" and not isinstance(hf_config, dict):
+        raise InfogeomError(f"checkpoint {checkpoint_path} of an arch 'hf' run lacks its transformers config")
+    vocab = int(hf_config["vocab_size"]) if hf_config and "vocab_size" in hf_config else tokenizer.vocab_size
+    check_memory(estimate_bytes(cfg.model, vocab, 1, 1, training=False), device,
                  f"the model of checkpoint {checkpoint_path}")
-    model = build_model(cfg.model, tokenizer.vocab_size)
+    model = build_model(cfg.model, tokenizer.vocab_size, hf_config)
     load_state(model, ckpt["model"], checkpoint_path)
     return model.to(device).eval(), tokenizer, cfg

@@ -49,6 +49,7 @@ from ..data import TokenData
 from ..data.cache import atomic_write
 from ..errors import InfogeomError
 from ..models.gpt import lm_loss
+from ..models.hf import config_dict
 from ..optim import build_optimizer
 from ..optim.safety import all_finite
 from . import distributed
@@ -69,7 +70,7 @@ from .divergence import DivergenceMonitor
 from .evaluation import eval_batches, mean_loss
 from .limits import check_memory, estimate_bytes
 from .metrics import METRICS_FILE, MetricsLogger, read_metrics
-from .modeling import build_model, load_state, prepare_run_data
+from .modeling import build_model, check_vocab, inspect_hf, load_state, prepare_run_data
 from .rundir import RunLock, check_output_dir
 from .schedule import build_scheduler
 
@@ -159,6 +160,10 @@ class Trainer:
     def _build(self, resume: str | Path | None) -> None:
         cfg, d = self.config, self.dist
         ckpt = path = None
+        hf = inspect_hf(cfg.model) if cfg.model.arch == "hf" else None  # fills the shape: before the resume check
+        if hf is not None and cfg.data.block_size > cfg.model.block_size:
+            raise InfogeomError(f"data.block_size ({cfg.data.block_size}) exceeds the context of hf:"
+                                f"{cfg.model.path} ({cfg.model.block_size} positions)")
         if resume is not None:
             path = resolve_checkpoint(resume, cfg.out_dir or None, note=self._note)
             if path is None:
@@ -182,18 +187,24 @@ class Trainer:
                 f"{ckpt.get('vocab_size')} tokens) than this run's data ({self.data.tokenizer.spec}, "
                 f"{self.data.vocab_size} tokens)")
         m, b, T = cfg.model, cfg.data.batch_size // d.world_size, cfg.data.block_size
+        vocab = self.data.vocab_size
+        if hf is not None:
+            vocab = hf.vocab_size
+            check_vocab(self.data.tokenizer, vocab, f"the model hf:{m.path}")
         stored = 2 * cfg.eval_batches * cfg.data.batch_size * T  # the fixed evaluation batches, both splits
-        check_memory(estimate_bytes(m, self.data.vocab_size, b, T, stored_tokens=stored),
+        check_memory(estimate_bytes(m, vocab, b, T, stored_tokens=stored, params=hf and hf.parameters),
                      self.device, f"this model ({m.n_layer} layers, width {m.n_embd}, context {m.block_size}) "
                      f"with a {b}x{T} batch and {cfg.eval_batches} eval batches")
 
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.model, self.data.vocab_size).to(self.device)
+        self.model = build_model(cfg.model, self.data.vocab_size, hf).to(self.device)
         torch.manual_seed(cfg.seed + 1 + d.rank)  # dropout stream, distinct per rank
         o = cfg.optim
         self.optimizer = build_optimizer(o.name, self.model, o.lr, o.weight_decay, **o.options)
         self.scheduler = build_scheduler(self.optimizer, o.warmup_steps, cfg.max_steps, o.lr, o.min_lr, o.schedule,
                                          o.decay_fraction)
+        if getattr(self.optimizer, "coverage", None) and cfg.progress:
+            self._note(f"infogeom: note: {self.optimizer.coverage}")
         self.data_generator = torch.Generator().manual_seed(cfg.seed)
         self.step, self.train_time = 0, 0.0
         self.history: list[dict] = []
@@ -401,6 +412,7 @@ class Trainer:
                 "rng": {"data": self.data_generator.get_state(), "ranks": ranks},
                 "pending_losses": list(self._pending), "world_size": self.dist.world_size,
                 "last_eval": self.last_eval, "divergence": self.monitor.state_dict(),
+                **({"hf_config": config_dict(self.model)} if self.config.model.arch == "hf" else {}),
             })
             prune_checkpoints(self.out_dir, self.config.keep_last)
         self.last_checkpoint, self._checkpoint_step = path, self.step
