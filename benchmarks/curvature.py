@@ -13,7 +13,8 @@ initialization), then both libraries estimate, from one fixed batch:
 hessian-eigenthings runs the same three: its Lanczos takes a fixed number of steps, so it gets the fewest
 steps (from 4, 6, 8, 12, 16, 24, 32, 48) whose residual meets the same tolerance, and that run is timed; its
 Hutchinson trace and SLQ use the same probe counts. First, the cost of one product: a gradient, one
-Hessian-vector product per column (our CPU default), k columns vmapped, forward-over-reverse, and each peer's.
+Hessian-vector product per column (our CPU default), k columns vmapped, forward-over-reverse, central
+finite differences of two gradients, and hessian-eigenthings' (which rebuilds the gradient graph each time).
 
 Prints a table (agreement and time ratio ours/peer) and saves benchmarks/results/curvature.json and a
 density plot. Needs ``bash scripts/install-peers.sh`` (PyHessian, hessian-eigenthings). Goal: λ_max within 1%,
@@ -41,7 +42,7 @@ from torch.func import grad, jvp
 from infogeom.curvature import broaden, eigsh, hutchinson, js_distance, power_iteration, spectral_density
 from infogeom.curvature.density import default_grid, default_sigma
 from infogeom.data import prepare_data
-from infogeom.geometry import HessianOperator
+from infogeom.geometry import FiniteDifferenceHessian, HessianOperator
 from infogeom.geometry.functional import curvature_mode, loss_function
 from infogeom.models import GPT, GPTConfig, lm_loss
 from infogeom.operators import unflatten
@@ -95,6 +96,7 @@ def product_costs(model, batch, repeats: int, k: int = 8) -> dict[str, float]:
     ops = {b: HessianOperator(model, batch, batched=b) for b in (False, True)}
     V = torch.randn(ops[False].dim, k, generator=torch.Generator().manual_seed(0))
     he_op = eigenthings_hessian(model, batch)
+    fd = FiniteDifferenceHessian(model, batch)
     named = {n: p.detach() for n, p in model.named_parameters()}
     tangent = dict(zip(named, unflatten(V[:, 0], [p.shape for p in named.values()])))
     with curvature_mode(model):
@@ -105,6 +107,7 @@ def product_costs(model, batch, repeats: int, k: int = 8) -> dict[str, float]:
             f"HVP, {k} columns one by one (per column)": lambda: ops[False].matmat(V),
             f"HVP, {k} columns vmapped (per column)": lambda: ops[True].matmat(V),
             "HVP, forward-over-reverse (jvp of grad)": lambda: jvp(g, (named,), (tangent,)),
+            "HVP, central finite differences (2 gradients)": lambda: fd.matmat(V[:, :1]),
             "HVP, hessian-eigenthings (graph rebuilt)": lambda: he_op.matvec(V[:, 0].clone()),
         }
         out = {}
