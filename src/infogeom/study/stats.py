@@ -8,7 +8,8 @@
 - :func:`kendall_tau` — τ-b (tie-corrected, as ``scipy.stats.kendalltau``) or τ-a = Σ_{i≠j} sign(Δx)sign(Δy) /
   n(n−1); :func:`kendall_ci` bootstraps τ over the (x, y) pairs.
 - :func:`granulated_kendall` — Jiang et al. 2020's Ψ: for each hyperparameter axis i, ψ_i is the mean τ-a over
-  the groups of configurations that agree on every other axis (only axis i varies), Ψ = mean_i ψ_i.
+  the groups of configurations that agree on every other axis (only axis i varies), Ψ = mean_i ψ_i;
+  :func:`granulated_kendall_ci` bootstraps Ψ over the configurations (BCa).
 - :func:`holm` — Holm–Bonferroni adjusted p-values p̃_(k) = max_{j≤k} min(1, (m − j + 1) p_(j)).
 - :func:`paired_difference` / :func:`paired_ratio` — CI of the mean of a − b (or the geometric mean of a/b via
   log ratios) over paired replicates, with a two-sided one-sample t-test p-value for Holm.
@@ -213,6 +214,31 @@ def granulated_kendall(
             per_axis[ax] = float(np.mean(taus))
     psi = float(np.mean(list(per_axis.values()))) if per_axis else math.nan
     return {"psi": psi, "per_axis": per_axis, "groups": counts}
+
+
+def granulated_kendall_ci(
+    configs: Sequence[dict], measure: Sequence[float], target: Sequence[float], axes: Sequence[str] | None = None,
+    level: float = 0.95, n_resamples: int = 1000, seed: int = 0,
+) -> Interval:
+    """Ψ of :func:`granulated_kendall` with a BCa interval from resampling the configurations (a config drawn
+    twice joins its groups twice; its pairs with itself count as ties); resamples without any group of ≥ 2
+    distinct configs are dropped."""
+    n = len(configs)
+    m, t = np.asarray(measure, np.float64), np.asarray(target, np.float64)
+
+    def psi(idx: np.ndarray) -> float:
+        return granulated_kendall([configs[i] for i in idx], m[idx], t[idx], axes)["psi"]
+
+    value = psi(np.arange(n))
+    if n < 3 or not math.isfinite(value):
+        return Interval(value, math.nan, math.nan, n, "degenerate", level)
+    boot = np.array([psi(i) for i in resample_indices(n, n_resamples, seed)])
+    boot = boot[np.isfinite(boot)]
+    jack = np.array([psi(np.delete(np.arange(n), i)) for i in range(n)])
+    if boot.size < 2 or not np.isfinite(jack).all() or np.ptp(boot) == 0:
+        return Interval(value, math.nan, math.nan, n, "degenerate", level)
+    lo, hi = bca_bounds(value, boot, jack, level)
+    return Interval(value, lo, hi, n, "bca", level)
 
 
 # --- tests across claims ---------------------------------------------------------------------------------------
