@@ -6,7 +6,8 @@ generalization gap val loss − train loss is real), trained at a constant lr (1
 its train loss — on fixed batches of the subset, checked every ``check_every`` steps — is ≤ ``target`` (Jiang et
 al.'s control: every model is compared at the same train loss) or ``max_steps`` (then ``reached`` is False and
 the run is left out of the correlations). Grid: lr (3 per optimizer) × batch × weight decay × {AdamW, SGD with
-momentum 0.9}; replicates (more seeds) on a few configs; all configs of a replicate share one initialization.
+momentum 0.9}; replicates (more seeds) on every k-th config (6 of 36 in full); all configs of a replicate share
+one initialization. The full profile's target (1.8 nats) and step cap are untested guesses (no full run yet).
 
 Measures, at the stopped model, on one fixed batch of the subset (the same for every run): λ_max(H) (Lanczos),
 tr H and tr F (Hutchinson), SAM and ASAM ε-sharpness (ρ = 0.05 and 0.5, one ascent step), Fisher–Rao sharpness
@@ -65,7 +66,7 @@ PROFILES = {
               "lr_idx": [1, 2], "batches": [8, 32], "wds": [0.0, 0.1], "optimizers": ["adamw"],
               "replicated": 0, "seeds": 1, "measure_batch": 8, "probes": 4, "slq_steps": 12, "fr_matvecs": 100,
               "dinh_alphas": [1.0, 3.0, 10.0], "tokens_to_target": 6e5},
-    "full": {"size": "114k", "chars": 200_000, "block": 64, "target": 1.6, "max_steps": 4000, "check_every": 50,
+    "full": {"size": "114k", "chars": 200_000, "block": 64, "target": 1.8, "max_steps": 4000, "check_every": 50,
              "lr_idx": [0, 1, 2], "batches": [8, 32, 128], "wds": [0.0, 0.1], "optimizers": ["adamw", "sgd"],
              "replicated": 6, "seeds": 3, "measure_batch": 8, "probes": 8, "slq_steps": 24, "fr_matvecs": 200,
              "dinh_alphas": [1.0, 1.5, 3.0, 10.0, 30.0], "tokens_to_target": 3e6},
@@ -256,8 +257,10 @@ def plan(profile: str) -> list[Cell]:
     measure_s = MATVEC_S[p["size"]] * (40 + 3 * p["probes"] + p["slq_steps"] * p["probes"] + 3 * p["fr_matvecs"])
     cells = []
     configs = grid(profile)
+    k = p["replicated"]
+    replicated = {round(j * (len(configs) - 1) / max(1, k - 1)) for j in range(k)}  # spread over the grid
     for i, c in enumerate(configs):
-        seeds = p["seeds"] if i < p["replicated"] else 1
+        seeds = p["seeds"] if i in replicated else 1
         for r in range(seeds):
             tokens = min(p["max_steps"] * c["batch"] * p["block"], p["tokens_to_target"] * max(1.0, c["batch"] / 32))
             est = 2.0 + measure_s + STEP_S[p["size"]] * tokens / 1000
@@ -272,6 +275,11 @@ def plan(profile: str) -> list[Cell]:
 
 
 # --- analysis -------------------------------------------------------------------------------------------------
+
+def _bounds(ci: stats.Interval) -> tuple[float, float]:
+    """(lo, hi), with a degenerate interval (every resample equal, e.g. τ = ±1) read as [value, value]."""
+    return (ci.lo, ci.hi) if ci.method != "degenerate" else (ci.value, ci.value)
+
 
 def granulated_ci(configs: list[dict], m: list[float], t: list[float]) -> tuple[dict, stats.Interval]:
     res = stats.granulated_kendall(configs, m, t, AXES)
@@ -326,8 +334,8 @@ def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
         x = np.arange(len(MEASURES))
         for off, (name, d) in ((-0.2, ("Kendall τ", taus)), (0.2, ("granulated Ψ", psis))):
             v = [d[m].value for m in MEASURES]
-            lo = [d[m].value - d[m].lo if math.isfinite(d[m].lo) else 0 for m in MEASURES]
-            hi = [d[m].hi - d[m].value if math.isfinite(d[m].hi) else 0 for m in MEASURES]
+            lo = [max(0.0, d[m].value - d[m].lo) if math.isfinite(d[m].lo) else 0 for m in MEASURES]
+            hi = [max(0.0, d[m].hi - d[m].value) if math.isfinite(d[m].hi) else 0 for m in MEASURES]
             ax.bar(x + off, v, 0.4, yerr=[lo, hi], capsize=2, label=f"{name} (95% BCa CI over configs)")
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(x, [LABELS[m] for m in MEASURES], rotation=30, ha="right", fontsize=8)
@@ -341,7 +349,7 @@ def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
         lam = taus["lambda_max"]
         claims.append(Claim(
             "E4.1", "Flat minima generalize: λ_max(H) ranks the generalization gap",
-            "consistent" if lam.lo > 0 else "inconsistent" if lam.hi < 0.2 else "inconclusive",
+            "consistent" if _bounds(lam)[0] > 0 else "inconsistent" if _bounds(lam)[1] < 0.2 else "inconclusive",
             f"τ(λ_max, gap) = {stats.fmt(lam)}; Ψ = {stats.fmt(psis['lambda_max'])}",
             "raw sharpness correlates poorly in transformers; spectral measures can correlate negatively",
             "Keskar et al. 2017; Jiang et al. 2020; Andriushchenko et al. 2023",
@@ -350,7 +358,7 @@ def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
         best = max(sharp, key=lambda m: psis[m].value if math.isfinite(psis[m].value) else -math.inf)
         claims.append(Claim(
             "E4.2", "Magnitude-aware sharpness (ASAM) ranks the gap better than raw sharpness",
-            "consistent" if best == "asam" and psis["asam"].lo > 0 else
+            "consistent" if best == "asam" and _bounds(psis["asam"])[0] > 0 else
             "inconsistent" if psis["asam"].value < min(psis["lambda_max"].value, psis["sam"].value) else
             "inconclusive",
             "Ψ(gap): " + ", ".join(f"{LABELS[m]} {psis[m].value:+.2f}" for m in sharp),
@@ -362,7 +370,7 @@ def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
         numbers["psi_lambda_max_vs_lr"] = psi_lr
         claims.append(Claim(
             "E4.3", "In transformers sharpness tracks the learning rate more than the gap",
-            "consistent" if abs(psi_lr) > abs(lam.value) and lam.lo <= 0 <= lam.hi else
+            "consistent" if abs(psi_lr) > abs(lam.value) and _bounds(lam)[0] <= 0 <= _bounds(lam)[1] else
             "inconsistent" if abs(psi_lr) < abs(lam.value) else "inconclusive",
             f"ψ_lr(λ_max vs lr) = {psi_lr:+.2f}; τ(λ_max, gap) = {stats.fmt(lam)}",
             "λ_max falls with lr (edge of stability); weak correlation with the gap", "Andriushchenko et al. 2023",
@@ -375,8 +383,8 @@ def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
             numbers["keskar"] = {"lambda_ratio": dl.to_dict(), "gap_difference": dg.to_dict()}
             claims.append(Claim(
                 "E4.4", "Large batches find sharper minima with a larger gap",
-                "consistent" if dl.interval.lo > 1 and dg.interval.lo > 0 else
-                "inconsistent" if dl.interval.hi < 1 or dg.interval.hi < 0 else "inconclusive",
+                "consistent" if _bounds(dl.interval)[0] > 1 and _bounds(dg.interval)[0] > 0 else
+                "inconsistent" if _bounds(dl.interval)[1] < 1 or _bounds(dg.interval)[1] < 0 else "inconclusive",
                 f"largest vs smallest batch, matched on the other axes ({dl.n} pairs): λ_max ratio "
                 f"{stats.fmt(dl.interval)}, gap difference {stats.fmt(dg.interval)} nats",
                 "large batch → sharper minima, larger gap", "Keskar et al. 2017",
