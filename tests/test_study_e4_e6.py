@@ -293,6 +293,8 @@ def _fake_e6():
             out.append((Cell("E6", f"e6/ablation/{arm}/r{r}", e6.FN + "run_ablation_arm", {"arm": arm}, replicate=r),
                         {"final_val_loss": loss + 0.01 * r + 0.001 * g.normal(), "params": 100, "steps": 40,
                          "train_time": 1.0}))
+    geo = {"trace_qfi": 2.0, "trace_classical": 1.0, "qfi_over_classical": 2.0, "identity_residual": 1e-8}
+    out.append((Cell("E6", "e6/born", e6.FN + "run_born", {}), {"steps": 5, "init": geo, "trained": geo}))
     for kind in ("quantum", "classical"):
         out.append((Cell("E6", f"e6/effdim/{kind}", e6.FN + "run_effdim", {"kind": kind}),
                     e6.run_effdim({"kind": kind, "samples": 6, "inputs": 8}, 0, None, {})))
@@ -308,5 +310,6 @@ def test_e6_analyze_synthetic(tmp_path):
     assert v["E6.5"] == "consistent" and v["E6.6"] == "consistent" and v["E6.7"] == "consistent"
     assert v["E6.8"] == "consistent" and "E6.9" in v
     assert all((tmp_path / f).stat().st_size > 0 for f, _ in sec.figures)
+    assert any(t[0].startswith("Born") for t in sec.tables)
     table = next(t for t in sec.tables if t[0].startswith("VQE"))
     assert len(table[2]) == 10 and table[1][-1] == "circuit evaluations"
