@@ -748,10 +748,10 @@ def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
     if of("run_born"):
         r = of("run_born")[0][1]
         numbers["born"] = r
-        tables.append(("Born LM head (GPT 19.6k, validation batch of 256 characters): QFI vs classical Fisher of the "
-                       "next-token distribution on (W_re, W_im); measured 2.0 at init and after training in the quick run, which "
-                       "suggests a structural identity of this parameterization rather than a quantum effect", ["state", "tr F^Q", "tr F^cl", "tr F^Q / tr F^cl",
-                                                                 "identity residual"],
+        caption = ("Born LM head (GPT 19.6k, validation batch of 256 characters): QFI vs classical Fisher of the "
+                   "next-token distribution on (W_re, W_im); 2.0 at init and after training in the quick run, which "
+                   "suggests a structural identity of this parameterization rather than a quantum effect")
+        tables.append((caption, ["state", "tr F^Q", "tr F^cl", "tr F^Q / tr F^cl", "identity residual"],
                        [[f"{k} ({0 if k == 'init' else r['steps']} steps)", f"{r[k]['trace_qfi']:.4g}",
                          f"{r[k]['trace_classical']:.4g}", f"{r[k]['qfi_over_classical']:.4g}",
                          f"{r[k]['identity_residual']:.1e}"] for k in ("init", "trained")]))
