@@ -4,6 +4,7 @@ landscapes, and a training-time :class:`CurvatureMonitor`."""
 
 from .blocks import GRANULARITIES, BlockSpectra, block_spectra, js_distance, parameter_blocks
 from .density import SpectralDensity, broaden, spectral_density
+from .effdim import effective_dimension
 from .lanczos import EigenResult, eigsh, generalized_eigsh, lanczos_quadrature
 from .landscape import (
     LandscapeSlice,
@@ -51,6 +52,7 @@ __all__ = [
     "broaden",
     "build_operator",
     "diagonal",
+    "effective_dimension",
     "eigsh",
     "eos_threshold",
     "epsilon_sharpness",

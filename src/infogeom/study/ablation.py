@@ -14,7 +14,9 @@ Arms (same data, same initialisation per seed; the classical parameters always u
 * ``adam``      — AdamW on every parameter, circuit weights included;
 * ``qng-fs``    — QNG on the circuit weights with the Fubini–Study metric averaged over the layer's inputs;
 * ``qng-pullback`` — QNG on the circuit weights with the pull-back G = E Jᵀ(diag p − ppᵀ)J of the LM's output
-  distribution (the Fisher of the predictions restricted to the circuit weights).
+  distribution (the Fisher of the predictions restricted to the circuit weights);
+* ``classical`` (bigram task, not a default arm) — AdamW on :class:`ClassicalBigram`, the equal-parameter
+  classical control: the circuit replaced by a tanh layer whose width makes the parameter count closest.
 
 Reports the final validation loss (mean ± std over seeds) per arm, and the paired difference to the first arm
 (each seed fixes the initialisation and the batch sequence, so arms are compared seed by seed).
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -35,7 +38,8 @@ from ..models.gpt import GPT, GPTConfig, lm_loss
 from ..models.quantum_layer import QuantumLayer, add_quantum_layers
 from ..optim.qng import QNGAdamW
 
-ARMS = ("adam", "qng-fs", "qng-pullback")
+QUANTUM_ARMS = ("adam", "qng-fs", "qng-pullback")
+ARMS = (*QUANTUM_ARMS, "classical")
 TASKS = ("bigram", "gpt")
 
 
@@ -43,7 +47,7 @@ TASKS = ("bigram", "gpt")
 class AblationConfig:
     task: str = "bigram"
     corpus: str = "shakespeare"
-    arms: tuple[str, ...] = ARMS
+    arms: tuple[str, ...] = QUANTUM_ARMS
     seeds: int = 5
     steps: int = 200
     batch_size: int = 16
@@ -73,8 +77,33 @@ class QuantumBigram(nn.Module):
         return self.quantum(self.wte(idx))
 
 
-def build_model(cfg: AblationConfig, vocab_size: int, seed: int) -> nn.Module:
+class ClassicalBigram(nn.Module):
+    """``idx [B, T] -> logits [B, T, V]``: embedding → Linear(n_embd, h) → tanh → Linear(h, V)."""
+
+    def __init__(self, vocab_size: int, n_embd: int, hidden: int):
+        super().__init__()
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        self.hidden = nn.Linear(n_embd, hidden)
+        self.out = nn.Linear(hidden, vocab_size)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.hidden(self.wte(idx))))
+
+    @staticmethod
+    def matching_width(vocab_size: int, n_embd: int, n_params: int) -> int:
+        """The width h ≥ 1 whose parameter count V·E + h(E + 1) + V(h + 1) is closest to ``n_params``."""
+        return max(1, round((n_params - vocab_size * (n_embd + 1)) / (n_embd + 1 + vocab_size)))
+
+
+def build_model(cfg: AblationConfig, vocab_size: int, seed: int, arm: str = "adam") -> nn.Module:
     torch.manual_seed(seed)
+    if arm == "classical":
+        if cfg.task != "bigram":
+            raise InfogeomError("the classical arm exists for the bigram task only")
+        quantum = QuantumBigram(vocab_size, cfg.n_embd, cfg.n_qubits, cfg.n_layers)
+        width = ClassicalBigram.matching_width(vocab_size, cfg.n_embd, sum(p.numel() for p in quantum.parameters()))
+        torch.manual_seed(seed)
+        return ClassicalBigram(vocab_size, cfg.n_embd, width)
     if cfg.task == "bigram":
         return QuantumBigram(vocab_size, cfg.n_embd, cfg.n_qubits, cfg.n_layers)
     model = GPT(GPTConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=1, n_head=2,
@@ -84,7 +113,7 @@ def build_model(cfg: AblationConfig, vocab_size: int, seed: int) -> nn.Module:
 
 
 def build_arm(arm: str, model: nn.Module, cfg: AblationConfig) -> torch.optim.Optimizer:
-    if arm == "adam":
+    if arm in ("adam", "classical"):
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     metric = "fubini-study" if arm == "qng-fs" else "pullback"
     return QNGAdamW(model, lr=cfg.lr, metric=metric, damping=cfg.damping, recompute_every=cfg.recompute_every,
@@ -108,11 +137,13 @@ def evaluate(model: nn.Module, data, cfg: AblationConfig) -> float:
 
 
 def train_one(arm: str, seed: int, cfg: AblationConfig, data) -> dict:
-    model = build_model(cfg, data.vocab_size, seed)
+    """Train one arm for one seed; ``train_time``: seconds in training steps (evaluations excluded)."""
+    model = build_model(cfg, data.vocab_size, seed, arm)
     opt = build_arm(arm, model, cfg)
     g = torch.Generator().manual_seed(10_000 + seed)
-    curve = []
+    curve, train_time = [], 0.0
     for step in range(cfg.steps):
+        t0 = time.perf_counter()
         x, y = data.get_batch("train", cfg.batch_size, cfg.block_size, g)
         opt.zero_grad(set_to_none=True)
         loss = lm_loss(model(x), y)
@@ -120,9 +151,11 @@ def train_one(arm: str, seed: int, cfg: AblationConfig, data) -> dict:
             raise InfogeomError(f"{arm} diverged at step {step} (seed {seed}); lower the learning rate")
         loss.backward()
         opt.step()
+        train_time += time.perf_counter() - t0
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             curve.append((step + 1, evaluate(model, data, cfg)))
-    return {"arm": arm, "seed": seed, "final_val_loss": curve[-1][1], "curve": curve}
+    return {"arm": arm, "seed": seed, "final_val_loss": curve[-1][1], "curve": curve, "train_time": train_time,
+            "params": sum(p.numel() for p in model.parameters())}
 
 
 def run_ablation(cfg: AblationConfig, data=None, progress: bool = True) -> dict:

@@ -8,7 +8,8 @@
 - :func:`kendall_tau` — τ-b (tie-corrected, as ``scipy.stats.kendalltau``) or τ-a = Σ_{i≠j} sign(Δx)sign(Δy) /
   n(n−1); :func:`kendall_ci` bootstraps τ over the (x, y) pairs.
 - :func:`granulated_kendall` — Jiang et al. 2020's Ψ: for each hyperparameter axis i, ψ_i is the mean τ-a over
-  the groups of configurations that agree on every other axis (only axis i varies), Ψ = mean_i ψ_i.
+  the groups of configurations that agree on every other axis (only axis i varies), Ψ = mean_i ψ_i;
+  :func:`granulated_kendall_ci` bootstraps Ψ over the configurations (BCa).
 - :func:`holm` — Holm–Bonferroni adjusted p-values p̃_(k) = max_{j≤k} min(1, (m − j + 1) p_(j)).
 - :func:`paired_difference` / :func:`paired_ratio` — CI of the mean of a − b (or the geometric mean of a/b via
   log ratios) over paired replicates, with a two-sided one-sample t-test p-value for Holm.
@@ -213,6 +214,61 @@ def granulated_kendall(
             per_axis[ax] = float(np.mean(taus))
     psi = float(np.mean(list(per_axis.values()))) if per_axis else math.nan
     return {"psi": psi, "per_axis": per_axis, "groups": counts}
+
+
+def granulated_kendall_counts(
+    configs: Sequence[dict], measure: Sequence[float], target: Sequence[float], axes: Sequence[str],
+    counts: np.ndarray,
+) -> np.ndarray:
+    """Ψ of resamples given by multiplicity rows ``counts [B, n]`` (vectorized over B).
+
+    A config drawn c_i times joins its group c_i times; pairs of a config with its own copies are left out (as
+    a U-statistic's bootstrap does; counting them as ties would bias Ψ towards 0), so a group's τ-a is
+    cᵀSc / (m² − Σc²), S_ij = sign(Δmeasure) sign(Δtarget), m = Σc; groups with fewer than two distinct configs
+    and axes without any group are left out (NaN if none is left). For 0/1 counts (subsets, the jackknife) this
+    is :func:`granulated_kendall` of the subset."""
+    m, t = np.asarray(measure, np.float64), np.asarray(target, np.float64)
+    S = np.sign(m[:, None] - m[None, :]) * np.sign(t[:, None] - t[None, :])
+    counts = np.atleast_2d(np.asarray(counts, np.float64))
+    per_axis = []
+    for ax in axes:
+        by: dict[tuple, list[int]] = defaultdict(list)
+        for i, c in enumerate(configs):
+            by[tuple((k, repr(c[k])) for k in axes if k != ax)].append(i)
+        total, valid = np.zeros(counts.shape[0]), np.zeros(counts.shape[0])
+        for g in map(np.asarray, by.values()):
+            c = counts[:, g]
+            pairs = c.sum(1) ** 2 - (c**2).sum(1)
+            ok = pairs > 0
+            num = np.einsum("bi,ij,bj->b", c, S[np.ix_(g, g)], c)
+            total += np.where(ok, num / np.where(ok, pairs, 1), 0.0)
+            valid += ok
+        per_axis.append(np.where(valid > 0, total / np.maximum(valid, 1), np.nan))
+    A = np.array(per_axis)
+    k = np.isfinite(A).sum(0)
+    return np.where(k > 0, np.nansum(A, 0) / np.maximum(k, 1), np.nan)
+
+
+def granulated_kendall_ci(
+    configs: Sequence[dict], measure: Sequence[float], target: Sequence[float], axes: Sequence[str] | None = None,
+    level: float = 0.95, n_resamples: int = 1000, seed: int = 0,
+) -> Interval:
+    """Ψ of :func:`granulated_kendall` with a BCa interval from resampling the configurations
+    (:func:`granulated_kendall_counts`; resamples without any group are dropped)."""
+    axes = list(axes if axes is not None else sorted(configs[0]))
+    n = len(configs)
+    value = granulated_kendall(configs, measure, target, axes)["psi"]
+    if n < 3 or not math.isfinite(value):
+        return Interval(value, math.nan, math.nan, n, "degenerate", level)
+    counts = np.zeros((n_resamples, n))
+    np.add.at(counts, (np.arange(n_resamples)[:, None], resample_indices(n, n_resamples, seed)), 1.0)
+    boot = granulated_kendall_counts(configs, measure, target, axes, counts)
+    boot = boot[np.isfinite(boot)]
+    jack = granulated_kendall_counts(configs, measure, target, axes, 1.0 - np.eye(n))
+    if boot.size < 2 or not np.isfinite(jack).all() or np.ptp(boot) == 0:
+        return Interval(value, math.nan, math.nan, n, "degenerate", level)
+    lo, hi = bca_bounds(value, boot, jack, level)
+    return Interval(value, lo, hi, n, "bca", level)
 
 
 # --- tests across claims ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import os
 from ...errors import InfogeomError
 from ..spec import Experiment
 
-MODULES: dict[str, str] = {"E1": "e1", "E2": "e2", "E3": "e3", "E5": "e5"}
+MODULES: dict[str, str] = {"E1": "e1", "E2": "e2", "E3": "e3", "E4": "e4", "E5": "e5", "E6": "e6"}
 ENV_VAR = "INFOGEOM_STUDY_EXPERIMENTS"
 
 
