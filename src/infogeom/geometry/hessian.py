@@ -4,7 +4,8 @@ H = ∇²_θ L(θ), L the mean token cross-entropy of ``batch`` (the loss the tr
 Construction runs one forward/backward with ``create_graph=True`` (math attention path, eval mode) and keeps the
 gradient graph; a product H V [P, k] is k backward passes through that graph (≈ 2.5 gradients each), one per
 column on CPU — there a vmapped backward over all k columns (``is_grads_batched``) costs 1.5× more per column
-(default 0.8M GPT, batch 8×128, 1 thread: 0.53 s vs 0.79 s per column) — and vmapped on accelerators.
+(default 0.8M GPT, batch 8×128, 1 thread, machine loaded: 0.53 s vs 0.79 s per column; 210k GPT, 2 quiet threads:
+0.096 s vs 0.111 s) — and vmapped on accelerators.
 :class:`FiniteDifferenceHessian` needs no double backward: central differences of two gradients per column.
 """
 
