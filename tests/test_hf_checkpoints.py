@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import random_batch
 from hf_checkpoints import FAMILIES, corpus, make_checkpoint
+from test_train import StopAt
 from torch.func import functional_call
 
 from infogeom.cli import main
@@ -21,7 +22,7 @@ from infogeom.geometry import HessianOperator
 from infogeom.geometry.kfac import ekfac_factors, kfac_factors
 from infogeom.models import GPT, GPTConfig, lm_loss
 from infogeom.optim import build_optimizer
-from infogeom.train import Callback, Trainer, load_checkpoint, load_config, load_model, train
+from infogeom.train import Trainer, load_checkpoint, load_config, load_model, train
 
 pytest.importorskip("transformers")
 
@@ -51,13 +52,6 @@ def run_config(root: Path, family: str, out: Path, optimizer: str = "adamw", **e
     return load_config(None, [f"{k}={v}" for k, v in overrides.items()])
 
 
-class StopAt(Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, trainer, metrics):
-        if trainer.step == self.step:
-            trainer.request_stop()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
