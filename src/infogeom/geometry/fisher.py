@@ -70,10 +70,7 @@ class OutputCurvatureOperator(CurvatureOperator):
     def __init__(self, model: nn.Module, batch: Batch, names: Sequence[str] | None = None,
                  chunk_size: int | None = None, loss_fn: Loss = lm_loss):
         params = select_parameters(model, names)
-        self.names = list(params)
-        self.shapes = [p.shape for p in params.values()]
-        first = next(iter(params.values()))
-        self.dtype, self.device = first.dtype, first.device
+        self._set_layout(params)
         self.model, self.batch, self.chunk_size = model, batch, chunk_size
         # a copy: the operator stays the metric at construction when an optimizer later updates the model in
         # place (parameters outside ``names`` are read from the model as they are)

@@ -28,10 +28,7 @@ class HessianOperator(CurvatureOperator):
                  loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lm_loss, batched: bool | None = None):
         """``batched``: one vmapped backward for all columns of a product (default: only off the CPU)."""
         params = select_parameters(model, names)
-        self.names = list(params)
-        self.shapes = [p.shape for p in params.values()]
-        first = next(iter(params.values()))
-        self.dtype, self.device = first.dtype, first.device
+        self._set_layout(params)
         self.batched = self.device.type != "cpu" if batched is None else batched
         self._params = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
         with curvature_mode(model):
@@ -76,10 +73,7 @@ class FiniteDifferenceHessian(CurvatureOperator):
     def __init__(self, model: nn.Module, batch: Batch, names: Sequence[str] | None = None,
                  loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lm_loss, step: float | None = None):
         params = select_parameters(model, names)
-        self.names = list(params)
-        self.shapes = [p.shape for p in params.values()]
-        first = next(iter(params.values()))
-        self.dtype, self.device = first.dtype, first.device
+        self._set_layout(params)
         self._model, self._f = model, loss_function(model, batch, loss)
         self._theta = flatten([p.detach() for p in params.values()]).clone()
         rms = float(self._theta.square().mean().sqrt())

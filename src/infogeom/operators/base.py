@@ -13,7 +13,7 @@ vector has length ``P = sum(numel)``. ``matvec`` accepts either a flat ``[P]`` t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ def unflatten(vec: torch.Tensor, shapes: Sequence[torch.Size]) -> list[torch.Ten
 class CurvatureOperator:
     """A symmetric linear operator on the flattened parameter space (P×P).
 
-    Subclasses set ``names``, ``shapes``, ``dtype``, ``device`` and implement ``_matmat``.
+    Subclasses set ``names``, ``shapes``, ``dtype``, ``device`` (``_set_layout``) and implement ``_matmat``.
     ``max_dense`` guards :meth:`to_dense` against accidental P×P allocations.
     """
 
@@ -50,6 +50,13 @@ class CurvatureOperator:
     max_dense: int = 20_000
 
     # ---- to implement -------------------------------------------------------------------------------------------
+    def _set_layout(self, params: Mapping[str, torch.Tensor]) -> None:
+        """``names``, ``shapes``, ``dtype`` and ``device`` from the parameters the operator acts on."""
+        self.names = list(params)
+        self.shapes = [p.shape for p in params.values()]
+        first = next(iter(params.values()))
+        self.dtype, self.device = first.dtype, first.device
+
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """``V [P, k] -> A V [P, k]``."""
         raise NotImplementedError
