@@ -29,7 +29,7 @@ from .sharpness import (
     optimizer_sharpness,
     preconditioned_sharpness,
 )
-from .trace import DiagonalEstimate, TraceEstimate, diagonal, hutchinson, hutchpp
+from .trace import DiagonalEstimate, TraceEstimate, diagonal, hutchinson, hutchpp, xdiag, xtrace
 
 __all__ = [
     "GRANULARITIES",
@@ -62,6 +62,8 @@ __all__ = [
     "gradient_noise_scale",
     "hutchinson",
     "hutchpp",
+    "xdiag",
+    "xtrace",
     "interpolate",
     "interpolate_models",
     "js_distance",
