@@ -203,8 +203,8 @@ def xtrace(op: CurvatureOperator, num_probes: int = 48, generator: torch.Generat
     needs no new product (range(AΩ_{−j}) ⊂ range(Q): with R_{−j} = C_j R'_j, its basis is Q C_j and
     A Q C_j = Z C_j), and Var ≈ (k−1)/k Σ_j (T_{(−j)} − T̄)². It is conservative (Efron–Stein): measured on
     P = 400 matrices it is 1.1–2× the actual RMS error (2-SE coverage 95–100%; 1.5–3× at k = P/4). The naive
-    sd/√k of the k correlated estimates is too short (1.05–1.2× at P = 400, 89–92% coverage; 1.4–1.7× at
-    k = P/4, 76–82%)."""
+    sd/√k of the k correlated estimates is too short: the RMS error is 1.05–1.2× it at P = 400 (89–92%
+    coverage), up to 1.7× at k = P/4 (76–82%)."""
     Omega, Q, R, Z = _exchangeable_sketch(op, num_probes, generator)
     H = Q.T @ Z
     H = (H + H.T) / 2
