@@ -4,7 +4,7 @@ The default GPT is trained with AdamW (lr 8e-3, seed 0) for ``--warm-steps`` ste
 earlier is kept too). At that point, for a layer ℓ (all other parameters fixed), with X the gradient of one
 training batch (packed [∇W | ∇b]) and F the *exact* Fisher of the layer's block on ``--fisher-seqs`` sequences
 (:class:`~infogeom.geometry.fisher.FisherOperator`, ``names`` = the layer's weight and bias), each candidate
-direction d is scored by
+direction d is scored by (``--grad-batches`` K: X the mean gradient of K batches, a momentum-like average)
 
 - cos(d, d*): cosine with the exact damped natural gradient d* = (F + λI)⁻¹ X (conjugate gradient on F);
 - q = (gᵀd)² / (2 dᵀF d): the decrease of the Fisher quadratic model at d's optimal scale α* = gᵀd / dᵀF d
@@ -45,6 +45,7 @@ from infogeom.geometry.kfac import ekfac_factors, kfac_factors
 from infogeom.models.gpt import lm_loss
 from infogeom.operators import from_eigenbasis, to_eigenbasis
 from infogeom.operators.base import conjugate_gradient
+from infogeom.operators.kronecker import pi_damped_grid
 from infogeom.train.trainer import Trainer
 
 RESULTS = Path(__file__).parent / "results"
@@ -124,6 +125,14 @@ def kron_solve(L: torch.Tensor, R: torch.Tensor, X: torch.Tensor, lam: float) ->
     return from_eigenbasis(to_eigenbasis(X, QL, QR) / (eL[:, None] * eR[None, :] + lam), QL, QR)
 
 
+def pi_damped(L: torch.Tensor, R: torch.Tensor, X: torch.Tensor, damping: float) -> torch.Tensor:
+    """The KFAC optimizer's direction (``damping_mode="pi"``): Q_L[(Q_Lᵀ X Q_R) ⊘ (e_L + √λ/π)(e_R + π√λ)]Q_Rᵀ."""
+    eL, QL = (L, None) if L.ndim == 1 else torch.linalg.eigh(L)
+    eR, QR = torch.linalg.eigh(R)
+    grid = pi_damped_grid(eL.clamp_min(0), eR.clamp_min(0), damping)
+    return from_eigenbasis(to_eigenbasis(X, QL, QR) / grid, QL, QR)
+
+
 def mean_eig(L: torch.Tensor) -> float:
     return float(L.mean() if L.ndim == 1 else L.diagonal().mean())
 
@@ -165,7 +174,7 @@ def msign(X: torch.Tensor) -> torch.Tensor:
 def diagnose_layer(model, name: str, data: dict, stale_model, args) -> dict:
     layer = Layer(model, name)
     tied = name == TIED
-    g = layer.grad(data["grad"])
+    g = torch.stack([layer.grad(b) for b in data["grad"]]).mean(0)
     grads = [layer.grad(b) for b in data["factor"]]
     v = torch.stack(grads).square().mean(0)
     F = FisherOperator(model, data["fisher"], "exact", names=layer.names)
@@ -178,7 +187,8 @@ def diagnose_layer(model, name: str, data: dict, stale_model, args) -> dict:
     old_f = old_f["lm_head" if tied else name]
     L, R = oriented(mc)
     scale = mean_eig(L) * mean_eig(R)
-    base = sum(float(lm_loss(model(x), y)) for x, y in data["eval"]) / len(data["eval"])
+    with torch.no_grad():
+        base = sum(float(lm_loss(model(x), y)) for x, y in data["eval"]) / len(data["eval"])
     out = {"layer": name, "params": sum(p.numel() for p in layer.params), "fisher_scale": scale, "rels": {}}
     eL_emp, QL_emp = torch.linalg.eigh(emp.G)
     eR_emp, QR_emp = torch.linalg.eigh(emp.A)
@@ -193,6 +203,7 @@ def diagnose_layer(model, name: str, data: dict, stale_model, args) -> dict:
         d_star, iters = exact_ng(layer, F, g, lam, args.cg_iters, d_star)
         cands = {"exact NG": d_star, "SGD": g, "Adam": g / (v.sqrt() + 1e-8),
                  "K-FAC (true)": kron_solve(*oriented(mc), g, lam),
+                 "K-FAC (optimizer: π-damped 1e-3)": pi_damped(*oriented(mc), g, 1e-3),
                  "K-FAC (empirical)": kron_solve(*oriented(emp), g, lam),
                  "K-FAC (true, stale)": kron_solve(*oriented(old_f), g, lam)}
         if tied:  # both uses of the tied weight: head G_h ⊗ A_h plus embedding diag(counts) ⊗ G_e, by CG
@@ -230,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stale", type=int, default=20, help="K-FAC factors this many steps old (staleness)")
     p.add_argument("--layers", default="blocks.1.mlp.c_fc,blocks.1.attn.c_attn,wte",
                    help=f"comma-separated Linear module names; {TIED!r} = the tied embedding/head")
-    p.add_argument("--rels", default="1e-3,1e-2,1e-1", help="damping λ in units of ē_L ē_R")
+    p.add_argument("--rels", default="1e-2,1,10,100,1000", help="damping λ in units of ē_L ē_R")
     p.add_argument("--factor-batches", type=int, default=4)
+    p.add_argument("--grad-batches", type=int, default=1, help="X = the mean gradient of this many batches")
     p.add_argument("--fisher-seqs", type=int, default=16, help="sequences in the exact-Fisher batch")
     p.add_argument("--eval-batches", type=int, default=4)
     p.add_argument("--cg-iters", type=int, default=200)
@@ -246,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     model = trainer.model
     model.eval()
     stale_model = make_stale(trainer, stale_state)
-    data = {"grad": batches(trainer, 1)[0], "factor": batches(trainer, args.factor_batches),
+    data = {"grad": batches(trainer, args.grad_batches), "factor": batches(trainer, args.factor_batches),
             "fisher": batches(trainer, 1, args.fisher_seqs)[0], "eval": batches(trainer, args.eval_batches)}
     results = []
     for name in args.layers.split(","):  # saved after every layer
