@@ -258,7 +258,8 @@ def cmd_report(args) -> int:
                      "time_to_target_vs_ref": ratio.to_dict(), "loss_at_budget": loss.to_dict()})
     print(f"size {args.size}; target val loss {target:.4f}; budget {budget:.1f} {unit}; ratios vs {ref} "
           f"(paired seeds, 95% t interval); cost {'from ' + str(args.costs) if costs else 'absent: unit = steps'}")
-    print(f"{'optimizer':10s} {'lr':>7s} {'seeds':>5s} {'steps→target (95% CI)':>24s} {unit + '/step':>8s} "
+    cost_head = "s/step" if costs else "cost"
+    print(f"{'optimizer':10s} {'lr':>7s} {'seeds':>5s} {'steps→target (95% CI)':>24s} {cost_head:>8s} "
           f"{'opt ms':>6s} {'T/T_' + ref + ' (95% CI)':>24s} {'loss @ budget (95% CI)':>26s}")
     for row in rows:
         s, r, loss = row["steps_to_target_ci"], row["time_to_target_vs_ref"], row["loss_at_budget"]
