@@ -25,6 +25,7 @@ runs one forward and keeps the vjp graph. All evaluation is in :func:`curvature_
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -85,6 +86,12 @@ def output_head(model: nn.Module) -> str | None:
     return None
 
 
+def _accumulate(total: dict[str, torch.Tensor], part: dict[str, torch.Tensor]) -> None:
+    """``total += part`` per key, in place (the first part is taken as it is)."""
+    for n, g in part.items():
+        total[n] = total[n].add_(g) if n in total else g
+
+
 @contextlib.contextmanager
 def _head_removed(model: nn.Module, path: str) -> Iterator[None]:
     """The module at ``path`` replaced by the identity (the model then returns the hidden states)."""
@@ -140,7 +147,7 @@ class OutputCurvatureOperator(CurvatureOperator):
                 self.gradient = self._pullback(grad(lambda z: loss_fn(z, y))(self.logits)[None])[:, 0]
             return
         self._split(model, batch[0])
-        labels, gh, ghead, loss = [], torch.zeros_like(self._h), {n: 0 for n in self._head_sel}, 0
+        labels, gh, ghead, loss = [], torch.zeros_like(self._h), {}, 0
         with torch.no_grad():
             for part, sl in self._token_parts(1):
                 weight = part.y.numel() / self.num_tokens
@@ -151,10 +158,11 @@ class OutputCurvatureOperator(CurvatureOperator):
                 loss = loss + value
                 g_h, g_head = head_vjp(g_z)
                 gh[:, sl] = g_h
-                ghead = {n: ghead[n] + g for n, g in g_head.items()}
+                _accumulate(ghead, g_head)
             self.labels = None if labels[0] is None else torch.cat(labels, dim=1).reshape(*y.shape, -1)
             self.loss = loss
-            self.gradient = self._assemble(self._body_pullback(gh[None]), {n: g[None] for n, g in ghead.items()})[:, 0]
+            self.gradient = self._assemble(self._body_pullback(gh[None]), {n: g[None] for n, g in ghead.items()},
+                                           1)[:, 0]
 
     # ---- path selection and the body/head split ----------------------------------------------------------------
     def _resolve_chunk(self, token_chunk: int | str | None) -> int | None:
@@ -241,14 +249,17 @@ class OutputCurvatureOperator(CurvatureOperator):
     def _h_shape(self) -> tuple[int, ...]:
         return (*self.batch[1].shape, self._h.shape[-1])
 
-    def _assemble(self, body: dict[str, torch.Tensor], head: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Flat ``[P, k]`` from body and head parameter gradients (a tied parameter gets both)."""
-        k = next(iter({**body, **head}.values())).shape[0]
-        total = {n: g for n, g in body.items()}
-        for local, n in self._head_sel.items():
-            total[n] = total[n] + head[local] if n in total else head[local]
-        return torch.cat([total[n].reshape(k, -1) if n in total else self._params[n].new_zeros(k, self._params[
-            n].numel()) for n in self.names], dim=1).T
+    def _assemble(self, body: dict[str, torch.Tensor], head: dict[str, torch.Tensor], k: int) -> torch.Tensor:
+        """Flat ``[P, k]`` from body and head parameter gradients ``[k, *shape]`` (a tied parameter gets both);
+        consumes the dicts, so each part is freed once written."""
+        out = self._h.new_zeros(k, self.dim)
+        offsets = dict(zip(self.names, itertools.accumulate([s.numel() for s in self.shapes], initial=0)))
+        for grads, name_of in ((body, lambda n: n), (head, self._head_sel.get)):
+            while grads:
+                name, g = grads.popitem()
+                start = offsets[name_of(name)]
+                out[:, start:start + g[0].numel()] += g.reshape(k, -1)
+        return out.T
 
     def _chunked_matmat(self, V: torch.Tensor) -> torch.Tensor:
         """``Σ_chunks J_cᵀ M_c J_c V``: body jvp once, then per chunk head jvp -> M -> head vjp, then body vjp."""
@@ -262,7 +273,7 @@ class OutputCurvatureOperator(CurvatureOperator):
                 dh = vmap(push, chunk_size=self.chunk_size)(body_t).reshape(k, 1, self.num_tokens, -1)
         else:
             dh = self._h.new_zeros(k, *self._h.shape)
-        gh, ghead = torch.zeros_like(dh), {local: 0 for local in self._head_sel}
+        gh, ghead = torch.zeros_like(dh), {}
         for part, sl in self._token_parts(k):
             h = self._h[:, sl]
             head_push = lambda d, t, h=h: jvp(self._head_fn, (h, self._head_primals), (d, t))  # noqa: E731
@@ -271,8 +282,8 @@ class OutputCurvatureOperator(CurvatureOperator):
             _, head_vjp = vjp(self._head_fn, h, self._head_primals)
             g_h, g_head = vmap(head_vjp)(self._output_matmat(dz, part))
             gh[:, :, sl] = g_h
-            ghead = {n: ghead[n] + g for n, g in g_head.items()}
-        return self._assemble(self._body_pullback(gh), ghead)
+            _accumulate(ghead, g_head)
+        return self._assemble(self._body_pullback(gh), ghead, k)
 
     def _primals(self, names) -> dict[str, torch.Tensor]:
         return {n: self._params[n] for n in names}
