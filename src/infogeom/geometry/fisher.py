@@ -20,6 +20,11 @@ and differs only in M_n:
 Cost of ``A V`` for V [P, k]: one forward-mode pass (jvp, k tangents batched by ``vmap``) and one reverse pass
 (vjp, k cotangents batched) — about 2–3 gradients per column, O(P·k) memory, never a P×P matrix. Construction
 runs one forward and keeps the vjp graph. All evaluation is in :func:`curvature_mode` (eval, math attention).
+
+Vocabulary-scale memory (``token_chunk``): the logits side is [N, V] per column. Chunked, the model is split at its
+output layer z = head(h), h = body(x): J v = ∂head·(J_body v, v_head), so one body jvp gives ∂h [k, N, d], and
+per chunk c of tokens the head's jvp, M_c and the head's vjp give ∂h-cotangents and the head's gradient; one
+body vjp finishes Jᵀ M J v. Nothing [N, V] is held, only chunk × V blocks (benchmarks/hf_memory.py).
 """
 
 from __future__ import annotations
