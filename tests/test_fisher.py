@@ -244,3 +244,4 @@ def test_token_chunk_auto_and_bad_arguments(monkeypatch):
 
     with pytest.raises(InfogeomError, match="not its output layer .* applied to the hidden states"):
         FisherOperator(Capped(), batch, token_chunk=4)
+    assert FisherOperator(Capped(), batch).token_chunk is None  # "auto" (3 tokens here) falls back instead

@@ -138,6 +138,12 @@ class OutputCurvatureOperator(CurvatureOperator):
         y = batch[1]
         self.num_tokens = y.numel()
         self.token_chunk = self._resolve_chunk(token_chunk)
+        if self.token_chunk is not None and not self._split(model, batch[0]):
+            if token_chunk != "auto":
+                raise InfogeomError(f"token_chunk: the logits of {type(model).__name__} are not its output layer "
+                                    f"{self._head_path!r} applied to the hidden states (post-processing?); use "
+                                    "token_chunk=None")
+            self.token_chunk = None
         self.logits = self.probs = None
         if self.token_chunk is None:
             self._f = logits_function(model, batch[0])
@@ -151,7 +157,6 @@ class OutputCurvatureOperator(CurvatureOperator):
             with torch.no_grad():
                 self.gradient = self._pullback(grad(lambda z: loss_fn(z, y))(self.logits)[None])[:, 0]
             return
-        self._split(model, batch[0])
         labels, gh, ghead, loss = [], torch.zeros_like(self._h), {}, 0
         with torch.no_grad():
             for part, sl in self._token_parts(1):
@@ -188,9 +193,9 @@ class OutputCurvatureOperator(CurvatureOperator):
         self._head_path = head
         return token_chunk
 
-    def _split(self, model: nn.Module, x: torch.Tensor) -> None:
-        """Body (x -> h, vjp graph kept) and head (h, head parameters -> logits) functions; checks that the
-        logits are the head applied to the hidden states (no post-processing) on a few tokens."""
+    def _split(self, model: nn.Module, x: torch.Tensor) -> bool:
+        """Body (x -> h, vjp graph kept) and head (h, head parameters -> logits) functions; False (nothing
+        kept) unless the logits are the head applied to the hidden states (no post-processing) on a few tokens."""
         path, head = self._head_path, model.get_submodule(self._head_path)
         under = lambda n: n.startswith(path + ".")  # noqa: E731
         aliases: dict[int, list[str]] = {}
@@ -213,22 +218,21 @@ class OutputCurvatureOperator(CurvatureOperator):
             with _head_removed(model, path):
                 return functional_call(model, {body_names[n]: t for n, t in p.items()}, (inputs,), strict=False)
 
-        self._body = body
-        body_primals = {n: self._params[n] for n in body_names}
+        self._body, self._body_primals = body, {n: self._params[n] for n in body_names}
         with curvature_mode(model):
             few = x[:1, :4]
             with torch.no_grad():
-                want, got = model(few), self._head_fn(body(body_primals, few), self._head_primals)
+                want, got = model(few), self._head_fn(body(self._body_primals, few), self._head_primals)
             if want.shape != got.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(
                     want.abs().max())):
-                raise InfogeomError(f"token_chunk: the logits of {type(model).__name__} are not its output layer "
-                                    f"{path!r} applied to the hidden states (post-processing?); use token_chunk=None")
-            if body_primals:
-                h, self._body_vjp = vjp(body, body_primals)
+                return False
+            if self._body_primals:
+                h, self._body_vjp = vjp(body, self._body_primals)
             else:
                 with torch.no_grad():
                     h, self._body_vjp = body({}), None
         self._h = h.detach().reshape(1, self.num_tokens, h.shape[-1])
+        return True
 
     def _token_parts(self, k: int) -> Iterator[tuple[TokenPart, slice]]:
         """Chunks of at most ``token_chunk // k`` tokens (flat order): the part without logits, and its slice."""
@@ -246,13 +250,10 @@ class OutputCurvatureOperator(CurvatureOperator):
         """Body vjp of hidden-state cotangents ``[k, 1, N, d]`` -> selected body parameters' ``[k, *shape]``."""
         if self._body_vjp is None:
             return {}
-        G = G.reshape(G.shape[0], *self._h_shape())
+        G = G.reshape(G.shape[0], *self.batch[1].shape, self._h.shape[-1])
         if G.shape[0] == 1:
             return {n: t[None] for n, t in self._body_vjp(G[0])[0].items()}
         return vmap(self._body_vjp, chunk_size=self.chunk_size)(G)[0]
-
-    def _h_shape(self) -> tuple[int, ...]:
-        return (*self.batch[1].shape, self._h.shape[-1])
 
     def _assemble(self, body: dict[str, torch.Tensor], head: dict[str, torch.Tensor], k: int) -> torch.Tensor:
         """Flat ``[P, k]`` from body and head parameter gradients ``[k, *shape]`` (a tied parameter gets both);
@@ -273,7 +274,7 @@ class OutputCurvatureOperator(CurvatureOperator):
         body_t = {n: tangents[n] for n in self._body_names}
         head_t = {local: tangents[n] for local, n in self._head_sel.items()}
         if body_t:
-            push = lambda t: jvp(self._body, (self._primals(self._body_names),), (t,))[1]  # noqa: E731
+            push = lambda t: jvp(self._body, (self._body_primals,), (t,))[1]  # noqa: E731
             with curvature_mode(self.model):
                 dh = vmap(push, chunk_size=self.chunk_size)(body_t).reshape(k, 1, self.num_tokens, -1)
         else:
@@ -289,9 +290,6 @@ class OutputCurvatureOperator(CurvatureOperator):
             gh[:, :, sl] = g_h
             _accumulate(ghead, g_head)
         return self._assemble(self._body_pullback(gh), ghead, k)
-
-    def _primals(self, names) -> dict[str, torch.Tensor]:
-        return {n: self._params[n] for n in names}
 
     def _tangents(self, V: torch.Tensor) -> dict[str, torch.Tensor]:
         """Flat ``[P, k]`` -> per-parameter ``[k, *shape]``."""
