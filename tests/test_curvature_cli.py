@@ -100,6 +100,7 @@ def test_cli_default_output_folder_is_next_to_checkpoint(run):
         (["--what", "interpolate"], "needs a second checkpoint"),
         (["--batch-size", "0"], "--batch-size must be a positive integer"),
         (["--tol", "-1"], "--tol must be positive"),
+        (["--token-chunk", "0"], "--token-chunk must be a positive integer, auto or none"),
     ],
 )
 def test_cli_bad_input_is_one_line_error(run, tmp_path, capsys, argv, message):
@@ -108,6 +109,19 @@ def test_cli_bad_input_is_one_line_error(run, tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip()
     assert err.startswith("infogeom: error:") and message in err and "\n" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_token_chunked_fisher_equals_unchunked(run, tmp_path):
+    _, (_, last) = run
+    eigs = []
+    for chunk in ("5", "none"):
+        out = tmp_path / chunk
+        assert main(["curvature", str(last), "--what", "eig", "--operator", "fisher", "--token-chunk", chunk, "--k",
+                     "1", "--batch-size", "2", "--budget", "0", "--out", str(out)]) == 0
+        eigs.append(json.loads((out / "eig.json").read_text())["eigenvalues"][0])
+        assert json.loads((out / "summary.json").read_text())["options"]["token_chunk"] == (
+            5 if chunk == "5" else None)
+    assert math.isclose(*eigs, rel_tol=1e-4)
 
 
 def test_cli_missing_checkpoint(tmp_path, capsys):

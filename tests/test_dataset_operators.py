@@ -103,3 +103,18 @@ def test_finite_difference_hessian_matches_the_exact_product():
     op = dataset_operator("hessian-fd", model, four_batches(), micro_batch_size=2)
     ref = dataset_operator("hessian", model, four_batches())
     assert torch.linalg.matrix_norm(op.matmat(V) - ref.matmat(V)) <= 1e-4 * torch.linalg.matrix_norm(ref.matmat(V))
+
+
+@pytest.mark.parametrize("kind", ["ggn", "fisher", "fisher-empirical"])
+def test_token_chunked_dataset_operator_equals_concatenation(kind):
+    """Chunks of 5 tokens (not dividing the micro-batches' 8 or 16 tokens) inside every micro-batch."""
+    model = tiny_gpt()
+    batches = four_batches()
+    ref = build_operator(kind, model, concatenated(batches), token_chunk=None)
+    V = probes(ref, 3)
+    for micro in (None, 2):
+        op = dataset_operator(kind, model, batches, micro_batch_size=micro, token_chunk=5)
+        assert op._part(0).token_chunk == 5
+        torch.testing.assert_close(op.matmat(V), ref.matmat(V), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(op.matvec(V[:, 0]), ref.matvec(V[:, 0]), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(op.gradient, ref.gradient, rtol=1e-10, atol=1e-14)

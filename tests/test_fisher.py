@@ -156,3 +156,92 @@ def test_bad_kind_and_samples_raise():
         FisherOperator(model, batch, kind="true")
     with pytest.raises(InfogeomError, match="mc_samples"):
         FisherOperator(model, batch, kind="mc", mc_samples=0)
+
+
+# ---- token-chunked products (vocabulary-scale memory) -----------------------------------------------------------
+
+def _chunked_pair(cls, model, batch, chunk, **kw):
+    return cls(model, batch, token_chunk=None, **kw), cls(model, batch, token_chunk=chunk, **kw)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+@pytest.mark.parametrize("cls", [FisherOperator, GGNOperator])
+def test_token_chunked_products_equal_unchunked_and_dense_oracle(tie, cls):
+    """10 tokens in chunks of 1, 3, 4, 7, 10, 64 (matvec) and 1, 3, 4 tokens (3 columns: chunk // 3 tokens):
+    most do not divide the token count."""
+    model, batch = tiny_gpt(tie_weights=tie), random_batch(B=2, T=5)
+    F = dense_fisher(model, batch)
+    ref = cls(model, batch, token_chunk=None)
+    assert "unchunked" in repr(ref) and ref.token_chunk is None and ref.logits is not None
+    v, V = torch.randn(ref.dim, dtype=torch.float64), torch.randn(ref.dim, 3, dtype=torch.float64)
+    for chunk in (1, 3, 4, 7, 10, 64):
+        op = cls(model, batch, token_chunk=chunk)
+        assert f"token chunks of {chunk} (head 'lm_head')" in repr(op) and op.logits is None
+        assert rel(op.matvec(v), F @ v) <= 1e-10 and rel(op.matvec(v), ref.matvec(v)) <= 1e-12
+        torch.testing.assert_close(op.loss, ref.loss, rtol=1e-12, atol=0)
+        torch.testing.assert_close(op.gradient, ref.gradient, rtol=1e-10, atol=1e-14)
+    for chunk in (3, 9, 12):
+        op = cls(model, batch, token_chunk=chunk)
+        assert rel(op @ V, F @ V) <= 1e-10 and rel(op @ V, ref @ V) <= 1e-12
+    assert rel(op.to_dense(), F) <= 1e-10  # the base class's P products
+    other = cls(model, random_batch(B=2, T=5, seed=1), token_chunk=3)  # the check can fail
+    assert rel(other.matvec(v), F @ v) > 1e-3
+
+
+@pytest.mark.parametrize("names", [["lm_head.weight"], ["blocks.0.mlp.c_fc.weight", "lm_head.weight"],
+                                   ["blocks.0.attn.c_attn.weight"]])
+def test_token_chunked_parameter_subsets(names):
+    """Head only (no body tangents), body and head, body only (head constant)."""
+    model, batch = tiny_gpt(tie_weights=False), random_batch(B=2, T=5)
+    F = dense_fisher(model, batch, names)
+    for cls in (FisherOperator, GGNOperator):
+        op = cls(model, batch, names=names, token_chunk=4)
+        V = torch.randn(op.dim, 2, dtype=torch.float64)
+        assert op.names == names and rel(op @ V, F @ V) <= 1e-10
+
+
+def test_token_chunked_sampled_and_empirical_fisher():
+    model, batch = tiny_gpt(), random_batch(B=2, T=5)
+    ref, op = _chunked_pair(FisherOperator, model, batch, 3, kind="empirical")
+    v = torch.randn(ref.dim, dtype=torch.float64)
+    assert rel(op.matvec(v), ref.matvec(v)) <= 1e-12 and torch.equal(op.labels, ref.labels)
+    # MC: against the dense formula on the operator's own labels, (1/NS) Σ_ns J_nᵀ r_ns r_nsᵀ J_n
+    op = FisherOperator(model, batch, kind="mc", mc_samples=3, generator=torch.Generator().manual_seed(1),
+                        token_chunk=4)
+    J, logits = dense_jacobian(model, batch[0])
+    p = logits.softmax(-1)
+    R = p[..., None] - nn.functional.one_hot(op.labels, p.shape[-1]).to(p.dtype).transpose(-1, -2)
+    G = torch.einsum("btvp,btvs->btsp", J, R).reshape(-1, J.shape[-1])
+    assert op.labels.shape == (2, 5, 3) and rel(op.matvec(v), G.T @ (G @ v) / G.shape[0]) <= 1e-10
+
+
+def test_token_chunk_auto_and_bad_arguments(monkeypatch):
+    import infogeom.geometry.fisher as fisher
+
+    model, batch = tiny_gpt(), random_batch(B=2, T=5)
+    assert FisherOperator(model, batch).token_chunk is None  # 10 × 11 float64 logits: far below the budget
+    monkeypatch.setattr(fisher, "TOKEN_BLOCK_BYTES", 3 * 11 * 8)  # three tokens' logits
+    op = FisherOperator(model, batch)
+    assert op.token_chunk == 3 and "token chunks of 3" in repr(op)
+    assert rel(op.matvec(torch.ones(op.dim, dtype=torch.float64)), FisherOperator(model, batch, token_chunk=None)
+               .matvec(torch.ones(op.dim, dtype=torch.float64))) <= 1e-12
+    x, y = torch.randn(2, 3, 5, dtype=torch.float64), torch.randint(0, 2, (2, 3))
+    assert FisherOperator(LogisticRegression(5), (x, y)).token_chunk is None  # no output layer: unchunked
+    with pytest.raises(InfogeomError, match="token_chunk needs a model with an output layer"):
+        FisherOperator(LogisticRegression(5), (x, y), token_chunk=2)
+    for bad in (0, -1, 2.5, True, "many"):
+        with pytest.raises(InfogeomError, match="token_chunk must be a positive integer"):
+            GGNOperator(model, batch, token_chunk=bad)
+
+    class Capped(nn.Module):  # logits post-processed after the head (soft-capping): chunking would be wrong
+        def __init__(self):
+            super().__init__()
+            self.inner = tiny_gpt()
+            self.lm_head = self.inner.lm_head
+
+        def forward(self, idx):
+            return 3 * torch.tanh(self.inner(idx) / 3)
+
+    with pytest.raises(InfogeomError, match="not its output layer .* applied to the hidden states"):
+        FisherOperator(Capped(), batch, token_chunk=4)
+    assert FisherOperator(Capped(), batch).token_chunk is None  # "auto" (3 tokens here) falls back instead

@@ -117,3 +117,17 @@ def test_bad_arguments_and_missing_transformers(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(InfogeomError, match=r"optional 'transformers' package: pip install 'infogeom\[hf\]'"):
         HFCausalLM.from_gpt2(**SHAPE)
+
+
+def test_token_chunked_fisher_and_ggn_on_gpt2():
+    """GPT-2's tied head found through ``get_output_embeddings``; chunks of 3 of 10 tokens equal the unchunked
+    products (themselves checked against dense oracles on infogeom's GPT)."""
+    from infogeom.geometry import FisherOperator, GGNOperator
+
+    model, batch = tiny_hf(), random_batch(vocab=11, B=2, T=5)
+    for cls in (FisherOperator, GGNOperator):
+        ref, op = cls(model, batch, token_chunk=None), cls(model, batch, token_chunk=3)
+        assert "head 'model.lm_head'" in repr(op)
+        V = torch.randn(ref.dim, 2, dtype=torch.float64)
+        torch.testing.assert_close(op @ V, ref @ V, rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(op.gradient, ref.gradient, rtol=1e-10, atol=1e-14)

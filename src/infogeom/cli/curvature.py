@@ -51,6 +51,9 @@ def register(subparsers) -> None:
         choices=OPERATOR_KINDS,
         help="curvature for eig/trace/density/blocks (default: hessian)",
     )
+    p.add_argument("--token-chunk", default="auto", metavar="N|auto|none",
+                   help="GGN/Fisher: at most N tokens' logits at once (auto: chunk only when one [tokens, vocabulary] "
+                   "block exceeds 64 MiB; none: never)")
     p.add_argument("--batch-size", type=int, default=8, metavar="B", help="sequences in the probe batch (8)")
     p.add_argument(
         "--split", choices=("train", "val"), default="train", help="data split of the batch (train)"
@@ -108,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
             raise InfogeomError(f"--{name.replace('_', '-')} must be a positive integer")
         check_int(getattr(args, name), f"--{name.replace('_', '-')}", 1, high)
     check_int(args.seed, "--seed", 0, MAX_SEED)
+    token_chunk = {"auto": "auto", "none": None}.get(args.token_chunk, args.token_chunk)
+    if isinstance(token_chunk, str) and token_chunk != "auto":
+        if not token_chunk.isdigit() or int(token_chunk) < 1:
+            raise InfogeomError(f"--token-chunk must be a positive integer, auto or none, got {args.token_chunk!r}")
+        token_chunk = int(token_chunk)
     if not args.budget >= 0 or not math.isfinite(args.budget):
         raise InfogeomError("--budget must be a number of seconds >= 0 (0 = fixed default sizes)")
     for name in ("tol", "rho", "span"):
@@ -157,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         budget=args.budget or None,
         threads=args.threads,
         title=f"{cfg.model.arch} {n_params / 1e6:.2g}M, step {step}",
+        token_chunk=token_chunk,
     )
     print(f"checkpoint: {args.checkpoint} ({cfg.model.arch}, {n_params:,} parameters, step {step})")
     print(f"batch:      {args.batch_size} x {block} tokens from the {args.split} split, seed {args.seed}")

@@ -74,6 +74,7 @@ class AnalysisOptions:
     budget: float | None = None
     threads: int | None = None
     title: str = ""
+    token_chunk: int | str | None = "auto"  # GGN/Fisher tokens per [tokens, V] block (OutputCurvatureOperator)
 
 
 def parse_items(spec: str) -> list[str]:
@@ -128,7 +129,7 @@ def iter_analysis(
         raise InfogeomError("--what interpolate needs a second checkpoint (--compare)")
     gen = torch.Generator().manual_seed(o.seed)
     needs_op = {"eig", "trace", "density", "blocks"} & set(what) or (o.operator == "hessian" and "noise" in what)
-    op = build_operator(o.operator, model, batch, generator=gen) if needs_op else None
+    op = build_operator(o.operator, model, batch, generator=gen, token_chunk=o.token_chunk) if needs_op else None
     blocks = parameter_blocks(op, o.granularity, o.n_head) if "blocks" in what else {}
     done: list[Row] = []
     summary = {"items": list(what), "title": o.title, "rows": done}
