@@ -188,8 +188,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
     for key, high in LIMITS.items():
         section, _, name = key.rpartition(".")
         value = getattr(getattr(cfg, section) if section else cfg, name)
-        check_int(value, key, 0 if key in ("seed", "eval_every", "ckpt_every", "optim.warmup_steps") else 1,
-                  high)
+        low = 0 if key in ("seed", "eval_every", "ckpt_every", "optim.warmup_steps", "model.lora_r") else 1
+        check_int(value, key, low, high)
 
 
 FIELD_HELP = {
