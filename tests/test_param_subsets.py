@@ -145,6 +145,31 @@ def test_params_matching_nothing_is_one_line_and_writes_nothing(gpt_run, corpus,
     assert not out.exists()
 
 
+def test_curvature_defaults_to_the_subset_the_run_trained(corpus, tmp_path, capsys):
+    run = train(tiny_config(corpus, tmp_path / "run", max_steps=2, ckpt_every=0, eval_every=0,
+                            **{"optim.params": "blocks.0.mlp.*", "optim.name": "kfac"}))
+    common = ["--what", "eig,sharpness", "--k", "1", "--batch-size", "2", "--budget", "0", "--threads", "1"]
+    for extra, subset in (([], "blocks.0.mlp.*"), (["--params", "*"], "*")):
+        out = tmp_path / f"curv{len(extra)}"
+        assert main(["curvature", str(run.checkpoint), *common, *extra, "--out", str(out)]) == 0
+        model = load_model(run.checkpoint)[0]
+        n = sum(p.numel() for p in model.parameters()) if subset == "*" else sum(
+            p.numel() for name, p in model.named_parameters() if ".mlp." in name)
+        assert f"{n:,} parameters matching {subset!r}" in capsys.readouterr().out
+    assert "optimizer" in json.loads((tmp_path / "curv0" / "sharpness.json").read_text())  # the run's kfac state
+
+
+def test_qng_refuses_a_subset_of_its_quantum_weights():
+    from infogeom.models.quantum_layer import add_quantum_layers
+    from infogeom.optim import build_optimizer
+
+    model = tiny_gpt().float()
+    add_quantum_layers(model, blocks=(0,), target="mlp", n_qubits=2, n_layers=1)
+    freeze_except(model, "wte.*")
+    with pytest.raises(InfogeomError, match="qng preconditions every quantum layer's weights together"):
+        build_optimizer("qng", model, 1e-2)
+
+
 @pytest.mark.parametrize("name", sorted(set(OPTIMIZERS) - {"qng"}))  # qng: quantum layers (refuses subsets)
 def test_frozen_parameters_do_not_move_and_only_the_subset_is_preconditioned(corpus, tmp_path, name):
     pattern = "blocks.0.mlp.*,ln_f.*"

@@ -88,7 +88,8 @@ def register(subparsers) -> None:
     p.add_argument("--params", metavar="PATTERN",
                    help="restrict every item to the trainable parameters matching PATTERN, the others held "
                    "fixed: comma-separated globs tried on each dotted suffix of a name ('transformer.h.3.*', "
-                   "'*.attn.*,lm_head.weight') or re:REGEX (re.search) (default: all trainable parameters)")
+                   "'*.attn.*,lm_head.weight') or re:REGEX (re.search) (default: the run's optim.params, else all; "
+                   "'*' = all; a LoRA model's trainable parameters are its adapters)")
     p.add_argument("--dtype", default="float32", choices=tuple(DTYPES),
                    help="precision of the computation: the model's weights are cast to it (default float32, also "
                    "for bf16-stored checkpoints or runs trained with dtype=bf16; float64 for reference values)")
@@ -131,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, tokenizer, cfg = load_model(args.checkpoint, device)
     model.to(DTYPES[args.dtype])
-    if args.params:
-        freeze_except(model, args.params, "--params")
+    params = cfg.optim.params if args.params is None else args.params  # default: the subset the run trained
+    if params:
+        freeze_except(model, params, "--params" if args.params is not None else "the run's optim.params")
     check_memory(3 * estimate_bytes(cfg.model, tokenizer.vocab_size, args.batch_size, cfg.data.block_size),
                  device, f"curvature of a {args.batch_size}x{cfg.data.block_size} batch")
     compare = None
@@ -170,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         title=f"{cfg.model.arch} {n_params / 1e6:.2g}M, step {step}",
     )
-    subset = f" matching {args.params!r}" if args.params else ""
+    subset = f" matching {params!r}" if params else ""
     print(f"checkpoint: {args.checkpoint} ({cfg.model.arch}, {n_params:,} parameters{subset}, step {step}, "
           f"{args.dtype})")
     print(f"batch:      {args.batch_size} x {block} tokens from the {args.split} split, seed {args.seed}")
