@@ -143,6 +143,10 @@ def test_params_matching_nothing_is_one_line_and_writes_nothing(gpt_run, corpus,
     err = capsys.readouterr().err.strip()
     assert err.startswith("infogeom: error: optim.params 'transformer.h.3.*' matches none") and "\n" not in err
     assert not out.exists()
+    before = sorted(p.name for p in gpt_run.out_dir.rglob("*"))
+    assert main(["train", "--resume", str(gpt_run.checkpoint), "--params", "wte.*", "--max-steps", "3"]) == 2
+    assert "trained the parameters optim.params=''" in capsys.readouterr().err
+    assert sorted(p.name for p in gpt_run.out_dir.rglob("*")) == before
 
 
 def test_curvature_defaults_to_the_subset_the_run_trained(corpus, tmp_path, capsys):
