@@ -15,6 +15,7 @@ from ..curvature.analysis import ITEMS, AnalysisOptions, format_table, iter_anal
 from ..curvature.blocks import GRANULARITIES
 from ..curvature.operators import OPERATOR_KINDS
 from ..errors import InfogeomError
+from ..geometry.functional import freeze_except
 from ..optim import build_optimizer
 from ..train.checkpoint import load_checkpoint
 from ..train.config import resolve_device
@@ -27,6 +28,7 @@ LIMITS = {"batch_size": 4096, "k": 1000, "probes": 100_000, "hutchpp_probes": 10
           "density_probes": 10_000, "block_steps": 10_000, "grid": 1001, "threads": 1024}
 
 WIDTHS = (34, 22)  # table columns: rows are printed as items finish, so the widths are fixed
+DTYPES = {"float32": torch.float32, "float64": torch.float64}  # --dtype: precision of the curvature computations
 
 
 def register(subparsers) -> None:
@@ -86,6 +88,14 @@ def register(subparsers) -> None:
     p.add_argument("--grid", type=int, help="landscape points per axis (default: from --budget)")
     p.add_argument("--span", type=float, default=1.0, help="landscape extent ±span (1.0)")
     p.add_argument("--compare", metavar="CHECKPOINT", help="second checkpoint for 'interpolate'")
+    p.add_argument("--params", metavar="PATTERN",
+                   help="restrict every item to the trainable parameters matching PATTERN, the others held "
+                   "fixed: comma-separated globs tried on each dotted suffix of a name ('transformer.h.3.*', "
+                   "'*.attn.*,lm_head.weight') or re:REGEX (re.search) (default: the run's optim.params, else all; "
+                   "'*' = all; a LoRA model's trainable parameters are its adapters)")
+    p.add_argument("--dtype", default="float32", choices=tuple(DTYPES),
+                   help="precision of the computation: the model's weights are cast to it (default float32, also "
+                   "for bf16-stored checkpoints or runs trained with dtype=bf16; float64 for reference values)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.set_defaults(func=run)
 
@@ -129,6 +139,10 @@ def run(args: argparse.Namespace) -> int:
                            if pretrained else source.with_name(source.stem + "-curvature"))
     device = resolve_device(args.device)
     model, tokenizer, cfg = load_model(args.checkpoint, device)
+    model.to(DTYPES[args.dtype])
+    params = cfg.optim.params if args.params is None else args.params  # default: the subset the run trained
+    if params:
+        freeze_except(model, params, "--params" if args.params is not None else "the run's optim.params")
     check_memory(3 * estimate_bytes(cfg.model, tokenizer.vocab_size, args.batch_size, cfg.data.block_size),
                  device, f"curvature of a {args.batch_size}x{cfg.data.block_size} batch")
     compare = None
@@ -167,7 +181,9 @@ def run(args: argparse.Namespace) -> int:
         title=f"{cfg.model.arch} {n_params / 1e6:.2g}M, step {step}",
         token_chunk=token_chunk,
     )
-    print(f"checkpoint: {args.checkpoint} ({cfg.model.arch}, {n_params:,} parameters, step {step})")
+    subset = f" matching {params!r}" if params else ""
+    print(f"checkpoint: {args.checkpoint} ({cfg.model.arch}, {n_params:,} parameters{subset}, step {step}, "
+          f"{args.dtype})")
     print(f"batch:      {args.batch_size} x {block} tokens from the {args.split} split, seed {args.seed}")
     print(f"outputs:    {out}/ (each item's JSON and plots as it finishes; summary.json)", flush=True)
     start = time.perf_counter()

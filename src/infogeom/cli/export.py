@@ -16,6 +16,7 @@ def register(subparsers) -> None:
         description="Load a checkpoint of an arch 'hf' or 'hf-gpt2' run and write its weights and config with "
         "save_pretrained (config.json, model.safetensors) to OUT, plus its tokenizer (tokenizer.json) when it is "
         "a bpe:N or hf:PATH tokenizer; AutoModelForCausalLM.from_pretrained(OUT) then gives the same logits. "
+        "LoRA adapters (model.lora_r) are merged into the weights first: OUT is a plain transformers model. "
         "OUT must be new or an empty folder; it appears complete or not at all.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file (runs/NAME/checkpoints/*.pt)")
     p.add_argument("out", metavar="OUT", help="folder to create")

@@ -29,6 +29,7 @@ FLAGS = [
     ("--seed", ("seed",), "SEED"),
     ("--device", ("device",), "DEVICE"),
     ("--out", ("out_dir",), "DIR"),
+    ("--params", ("optim.params",), "PATTERN"),
 ]
 
 EXAMPLES = """\
@@ -38,6 +39,8 @@ examples:
   infogeom train --config run.toml --set optim.options.momentum=0.9 --set model.dropout=0.1
   infogeom train --out runs/pydoc --resume latest  # continue a stopped run (Ctrl-C writes a checkpoint)
   infogeom train --model hf:models/my-gpt2 --corpus notes.txt --block-size 64 --max-steps 100  # fine-tune
+  infogeom train --model hf:models/my-gpt2 --set model.lora_r=8 --optimizer kfac  # LoRA adapters only
+  infogeom train --params 'h.3.*' --set dtype=bf16   # train block 3 only, bf16 autocast
   torchrun --nproc_per_node=2 -m infogeom train    # DDP: data.batch_size is split over the processes
 """
 

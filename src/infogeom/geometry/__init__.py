@@ -23,7 +23,14 @@ from .fisher import (
     per_example_gradients,
     sample_labels,
 )
-from .functional import curvature_mode, logits_function, loss_function, select_parameters
+from .functional import (
+    curvature_mode,
+    freeze_except,
+    logits_function,
+    loss_function,
+    match_parameters,
+    select_parameters,
+)
 from .hessian import FiniteDifferenceHessian, HessianOperator
 from .kfac import KFACCapture, LayerFactors, LayerInfo, ekfac_factors, kfac_factors
 from .report import approximation_report, format_report
@@ -38,5 +45,6 @@ __all__ = [
     "curvature_mode", "diagonal_approximation", "ekfac_factors", "flatten", "format_report", "kfac_factors",
     "logits_function", "loss_function",
     "low_rank_approximation", "per_example_gradients", "rademacher", "sample_labels", "select_parameters",
+    "freeze_except", "match_parameters",
     "unflatten",
 ]

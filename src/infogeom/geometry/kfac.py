@@ -80,6 +80,7 @@ everything for one batch in :func:`curvature_mode` (eval: no dropout).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -198,6 +199,17 @@ def output_cotangents(logits: torch.Tensor, fisher: str, mc_samples: int = 1,
             U[:, pos] = -flat[:, pos] * sqrt_flat[:, pos, c:c + 1]
             U[:, pos, c] += sqrt_flat[:, pos, c]
             yield U.reshape(p.shape)
+
+
+def _factor_precision(accumulate: Callable) -> Callable:
+    """Accumulate in the weight's dtype (float32 master weights) even inside a ``torch.autocast`` forward (bf16
+    training): the captured bf16 activations and gradients are cast up, and the products are not autocast back
+    down."""
+    @functools.wraps(accumulate)
+    def run(self, state: _State, *args, **kwargs):
+        with torch.autocast(state.info.module.weight.device.type, enabled=False):
+            return accumulate(self, state, *args, **kwargs)
+    return run
 
 
 class KFACCapture:
@@ -340,6 +352,7 @@ class KFACCapture:
         cur = getattr(state, key)
         setattr(state, key, value if cur is None else cur.add_(value))
 
+    @_factor_precision
     def _accumulate_input(self, state: _State, x: torch.Tensor) -> None:
         weight = state.info.module.weight
         d_in = linear_dims(state.info.module)[0]
@@ -359,6 +372,7 @@ class KFACCapture:
                 a = torch.cat([a, a.new_ones(*a.shape[:-1], 1)], dim=-1)
             state.cache = a @ state.basis[0]
 
+    @_factor_precision
     def _accumulate_lookup(self, state: _State, idx: torch.Tensor) -> None:
         weight = state.info.module.weight
         counts = torch.bincount(idx.reshape(-1), minlength=weight.shape[0]).to(weight.dtype)
@@ -369,6 +383,7 @@ class KFACCapture:
         if state.basis is not None:
             state.cache = idx
 
+    @_factor_precision
     def _accumulate_grad(self, state: _State, g: torch.Tensor, count: float, scale: float = 1.0) -> None:
         """``g``: output gradient(s) of the layer, ``[K, *output.shape]`` for K batched cotangents, taken times
         ``scale`` (applied after the sequence reduction: cheaper than scaling ``g``)."""

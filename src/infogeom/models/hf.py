@@ -105,6 +105,40 @@ class HFCausalLM(nn.Module):
         return generate(self, idx, max_new_tokens, self.block_size, temperature, top_k, generator)
 
 
+def add_lora(model: HFCausalLM, r: int, alpha: float = 16.0, dropout: float = 0.0, targets: str = "") -> HFCausalLM:
+    """Wrap ``model.model`` in place with PEFT LoRA adapters W x + (α/r) B A x (A ``[r, d_in]`` random, B
+    ``[d_out, r]`` zero: the function is unchanged at start) on the modules ``targets`` (comma-separated names;
+    '' = PEFT's default for the architecture, e.g. GPT-2 ``c_attn``, Llama ``q_proj,v_proj``). Every other
+    parameter is frozen; A and B are ``nn.Linear`` maps (K-FAC preconditions them). Needs ``peft``
+    (``pip install 'infogeom[peft]'``); draws A from the global torch RNG."""
+    import warnings
+
+    try:
+        import peft
+    except ImportError as exc:
+        raise InfogeomError("LoRA adapters (model.lora_r) need the optional 'peft' package: "
+                            "pip install 'infogeom[peft]'") from exc
+    from .linear import CONV1D, linear_kind
+
+    names = [t.strip() for t in targets.split(",") if t.strip()] or None
+    conv1d = any(linear_kind(m) == CONV1D for m in model.model.modules())  # GPT-2 stores weights [d_in, d_out]
+    config = peft.LoraConfig(r=int(r), lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
+                             fan_in_fan_out=conv1d)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations inside peft
+            model.model = peft.get_peft_model(model.model, config)
+    except ValueError as exc:
+        raise InfogeomError(f"cannot add LoRA adapters (model.lora_targets={targets!r}): {_first_line(exc)}") from None
+    return model
+
+
+def merge_lora(model: HFCausalLM) -> nn.Module:
+    """The transformers model of ``model``; with LoRA adapters, merged into its weights (W ← W + (α/r) B A,
+    PEFT's ``merge_and_unload``; ``model`` is changed)."""
+    return model.model.merge_and_unload() if hasattr(model.model, "merge_and_unload") else model.model
+
+
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 
 
@@ -217,7 +251,8 @@ def from_config_dict(data: dict, attention: str = "math") -> HFCausalLM:
 
 
 def export_pretrained(model: nn.Module, tokenizer, out: Path) -> list[str]:
-    """Write ``model`` (an :class:`HFCausalLM`) and, when it has a ``tokenizers`` backend (bpe:N, hf:PATH),
+    """Write ``model`` (an :class:`HFCausalLM`; LoRA adapters merged into the weights, :func:`merge_lora`: a
+    plain transformers checkpoint) and, when it has a ``tokenizers`` backend (bpe:N, hf:PATH),
     its tokenizer as a ``PreTrainedTokenizerFast`` to the new folder ``out`` with ``save_pretrained``: filled
     in a hidden temporary folder beside it, then renamed into place (no partial folder). Returns the files."""
     import os
@@ -233,7 +268,7 @@ def export_pretrained(model: nn.Module, tokenizer, out: Path) -> list[str]:
     transformers = transformers_module()
     tmp = make_temp_dir(out.absolute().parent)
     try:
-        model.model.save_pretrained(tmp)
+        merge_lora(model).save_pretrained(tmp)
         backend = getattr(tokenizer, "_tok", None)
         if backend is not None:
             transformers.PreTrainedTokenizerFast(tokenizer_object=backend).save_pretrained(tmp)

@@ -121,6 +121,9 @@ class QNGAdamW(HybridOptimizer):
             raise InfogeomError("qng: the model has no quantum layers "
                                 "(add them with infogeom.models.quantum_layer.add_quantum_layers)")
         weights = [layer.weight for layer in layers]
+        if not all(w.requires_grad for w in weights):  # a frozen subset (optim.params) would break the metric
+            raise InfogeomError("qng preconditions every quantum layer's weights together: keep all of them "
+                                "trainable (optim.params)")
         metric_fn = model_metric_fn(model, metric=metric, approx=approx, max_inputs=max_inputs)
         qng = QuantumNaturalGradient(weights, metric_fn, lr=lr if quantum_lr is None else quantum_lr,
                                      damping=damping, recompute_every=recompute_every)

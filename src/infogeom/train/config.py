@@ -33,6 +33,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ARCHS = ("gpt", "hf-gpt2", "hf")
+DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}  # training precision -> autocast dtype
 
 
 @dataclass
@@ -42,10 +43,18 @@ class ModelConfig(GPTConfig):
 
     ``arch = "hf"`` loads the transformers checkpoint ``path`` instead: its shape fields (block_size, n_layer,
     n_head, n_embd, tie_weights) are then filled in from the checkpoint's config when the run starts, and
-    ``dropout``, ``bias`` and ``norm`` are the checkpoint's own (the fields here are not used)."""
+    ``dropout``, ``bias`` and ``norm`` are the checkpoint's own (the fields here are not used).
+
+    ``lora_r > 0`` (arch hf or hf-gpt2) wraps the transformers model with PEFT LoRA adapters of rank ``lora_r``
+    (scale ``lora_alpha / lora_r``) on the modules ``lora_targets`` (comma-separated module names; '' = PEFT's
+    default for the architecture): only the adapters are trainable (:func:`infogeom.models.hf.add_lora`)."""
 
     arch: str = "gpt"
     path: str = ""
+    lora_r: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = ""
     quantum_blocks: str = ""
     quantum_target: str = "mlp"
     n_qubits: int = 4
@@ -73,6 +82,7 @@ class OptimConfig:
     schedule: str = "cosine"
     decay_fraction: float = 0.2
     grad_clip: float = 1.0
+    params: str = ""
     options: dict = field(default_factory=dict)
 
 
@@ -91,6 +101,7 @@ class TrainConfig:
     keep_last: int = 3
     seed: int = 0
     device: str = "auto"
+    dtype: str = "float32"
     out_dir: str = ""
     progress: bool = True
     tensorboard: bool = True
@@ -114,6 +125,14 @@ class TrainConfig:
                                     f"data.tokenizer='hf' (got {d.tokenizer!r}); --model hf:PATH sets both")
             if m.quantum_blocks.strip():
                 raise InfogeomError("model.quantum_blocks is only available for model.arch='gpt'")
+        if m.lora_r and m.arch == "gpt":
+            raise InfogeomError("model.lora_r (LoRA adapters) is only available for model.arch 'hf' or 'hf-gpt2'")
+        _non_negative(m.lora_r, "model.lora_r")
+        _positive(m.lora_alpha, "model.lora_alpha")
+        if not 0.0 <= m.lora_dropout < 1.0:
+            raise InfogeomError(f"model.lora_dropout must be in [0, 1), got {m.lora_dropout}")
+        if self.dtype not in DTYPES:
+            raise InfogeomError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if m.arch == "hf-gpt2":
             gpt2 = GPTConfig()
             for key in ("bias", "tie_weights", "norm"):
@@ -158,7 +177,8 @@ class TrainConfig:
 
 # Largest accepted sizes and counts (memory is checked separately, once the vocabulary is known).
 LIMITS = {"model.n_layer": 1024, "model.n_head": 1024, "model.n_embd": 1 << 16, "model.block_size": 1 << 20,
-          "data.batch_size": 1 << 20, "data.block_size": 1 << 20, "data.max_corpus_mb": 1 << 30,
+          "model.lora_r": 1 << 16, "data.batch_size": 1 << 20, "data.block_size": 1 << 20,
+          "data.max_corpus_mb": 1 << 30,
           "max_steps": 10**12, "grad_accum": 1 << 20, "eval_batches": 1 << 20, "eval_every": 10**12,
           "log_every": 10**12, "ckpt_every": 10**12, "keep_last": 1 << 20, "optim.warmup_steps": 10**12,
           "seed": MAX_SEED}
@@ -168,8 +188,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
     for key, high in LIMITS.items():
         section, _, name = key.rpartition(".")
         value = getattr(getattr(cfg, section) if section else cfg, name)
-        check_int(value, key, 0 if key in ("seed", "eval_every", "ckpt_every", "optim.warmup_steps") else 1,
-                  high)
+        low = 0 if key in ("seed", "eval_every", "ckpt_every", "optim.warmup_steps", "model.lora_r") else 1
+        check_int(value, key, low, high)
 
 
 FIELD_HELP = {
@@ -185,6 +205,11 @@ FIELD_HELP = {
     "model.tie_weights": "share the token embedding with the output layer",
     "model.norm": "layernorm or rmsnorm",
     "model.attention": "sdpa (fused kernel) or math (explicit; supports double backward)",
+    "model.lora_r": "LoRA rank of PEFT adapters on an hf/hf-gpt2 model (0 = none; needs infogeom[peft]); only "
+                    "the adapters train",
+    "model.lora_alpha": "LoRA scale numerator: adapters add (lora_alpha / lora_r) B A x",
+    "model.lora_dropout": "dropout on the LoRA adapters' input",
+    "model.lora_targets": "comma-separated module names that get adapters ('' = PEFT's default for the arch)",
     "model.quantum_blocks": "comma-separated block indices whose MLP (or qkv) becomes a quantum layer ('' = none)",
     "model.quantum_target": "what the quantum layers replace: mlp or qkv",
     "model.n_qubits": "qubits per quantum layer",
@@ -204,6 +229,8 @@ FIELD_HELP = {
     "optim.schedule": "cosine (warmup, cosine decay) or wsd (warmup, constant, linear cooldown)",
     "optim.decay_fraction": "wsd: fraction of max_steps spent in the final linear cooldown",
     "optim.grad_clip": "clip the global gradient norm to this value (0 = off)",
+    "optim.params": "train only the parameters matching these comma-separated globs (tried on each dotted "
+                    "suffix of a name) or re:REGEX; the others are frozen ('' = all)",
     "optim.options": "extra keyword arguments of the optimizer, e.g. optim.options.momentum=0.9",
     "max_steps": "optimizer steps to train (the schedule's length)",
     "max_seconds": "stop earlier once this much training time has passed (0 = no limit)",
@@ -215,6 +242,8 @@ FIELD_HELP = {
     "keep_last": "checkpoints kept on disk (older ones are deleted)",
     "seed": "seed of initialization, data order and dropout",
     "device": "auto, cpu, cuda or cuda:N",
+    "dtype": "training precision: float32, or bf16 (autocast forward/backward, float32 master weights, "
+             "optimizer state and K-FAC factors; evaluation in float32)",
     "out_dir": "run folder ('' = runs/<date-time>)",
     "progress": "show a progress bar and print evaluations",
     "tensorboard": "also write TensorBoard logs to out_dir/tb when tensorboard is installed",
@@ -335,6 +364,8 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) ->
         if not sep or not key:
             raise InfogeomError(f"bad override {item!r}; expected section.key=value")
         parts = key.split(".")
+        if parts[0] == "train" and len(parts) == 2:  # train.KEY names the top-level run key KEY
+            parts = parts[1:]
         if parts[:2] == ["optim", "options"] and len(parts) == 3:
             cfg.optim.options[parts[2]] = _parse_value(text, None, key)
             continue

@@ -40,19 +40,24 @@ def check_vocab(tokenizer: Tokenizer, model_vocab: int, what: str) -> None:
 
 def build_model(cfg: ModelConfig, vocab_size: int, hf=None) -> nn.Module:
     """A freshly initialized model (uses the global torch RNG): GPT (with quantum layers in
-    ``cfg.quantum_blocks``) or the Hugging Face GPT-2 adapter. ``arch = "hf"``: ``hf`` is the checkpoint's
+    ``cfg.quantum_blocks``) or the Hugging Face GPT-2 adapter, with LoRA adapters when ``cfg.lora_r`` (hf archs).
+    ``arch = "hf"``: ``hf`` is the checkpoint's
     :class:`~infogeom.models.hf.CheckpointInfo` (its pretrained weights are loaded) or a stored transformers
     config dict (architecture only, for a state dict to be loaded into)."""
-    if cfg.arch == "hf":
-        from ..models.hf import from_config_dict, load_pretrained
-        if hf is None:
+    if cfg.arch in ("hf", "hf-gpt2"):
+        from ..models.hf import HFCausalLM, add_lora, from_config_dict, load_pretrained
+        if cfg.arch == "hf-gpt2":
+            model = HFCausalLM.from_gpt2(vocab_size, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd,
+                                         dropout=cfg.dropout, attention=cfg.attention)
+        elif hf is None:
             raise InfogeomError("model.arch='hf' needs the checkpoint (inspect_hf) or its stored config")
-        return from_config_dict(hf, cfg.attention) if isinstance(hf, dict) else load_pretrained(hf, cfg.attention)
-    if cfg.arch == "hf-gpt2":
-        from ..models.hf import HFCausalLM
-        return HFCausalLM.from_gpt2(vocab_size, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd,
-                                    dropout=cfg.dropout, attention=cfg.attention)
-    extra = ("arch", "path", "quantum_blocks", "quantum_target", "n_qubits", "quantum_depth")
+        else:
+            model = from_config_dict(hf, cfg.attention) if isinstance(hf, dict) else load_pretrained(hf, cfg.attention)
+        if cfg.lora_r:
+            add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+        return model
+    extra = ("arch", "path", "quantum_blocks", "quantum_target", "n_qubits", "quantum_depth", "lora_r",
+             "lora_alpha", "lora_dropout", "lora_targets")
     fields = {k: v for k, v in asdict(cfg).items() if k not in extra}
     model = GPT(GPTConfig(**{**fields, "vocab_size": vocab_size}))
     if cfg.quantum_blocks.strip():

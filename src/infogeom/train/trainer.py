@@ -48,6 +48,7 @@ from .. import __version__
 from ..data import TokenData
 from ..data.cache import atomic_write
 from ..errors import InfogeomError
+from ..geometry.functional import freeze_except
 from ..models.gpt import lm_loss
 from ..models.hf import config_dict
 from ..optim import build_optimizer
@@ -65,7 +66,7 @@ from .checkpoint import (
     run_dir_of,
     save_checkpoint,
 )
-from .config import TrainConfig, config_to_dict, dumps_toml
+from .config import DTYPES, TrainConfig, config_to_dict, dumps_toml
 from .divergence import DivergenceMonitor
 from .evaluation import eval_batches, mean_loss
 from .limits import check_memory, estimate_bytes
@@ -75,7 +76,7 @@ from .rundir import RunLock, check_output_dir
 from .schedule import build_scheduler
 
 # Model settings that do not change the parameters' shapes may differ on resume.
-RESUMABLE_MODEL_KEYS = ("dropout", "attention")
+RESUMABLE_MODEL_KEYS = ("dropout", "attention", "lora_dropout")
 
 
 @dataclass
@@ -134,6 +135,9 @@ def _check_resumable(cfg: TrainConfig, ckpt: dict, path: Path) -> None:
     if old["optim"]["name"] != cfg.optim.name:
         raise InfogeomError(f"checkpoint {path} was trained with optimizer {old['optim']['name']!r}, "
                             f"not {cfg.optim.name!r}")
+    if old["optim"].get("params", "") != cfg.optim.params:
+        raise InfogeomError(f"checkpoint {path} trained the parameters optim.params="
+                            f"{old['optim'].get('params', '')!r}, but the config asks for {cfg.optim.params!r}")
 
 
 class Trainer:
@@ -198,6 +202,8 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, self.data.vocab_size, hf).to(self.device)
+        if cfg.optim.params:
+            freeze_except(self.model, cfg.optim.params, "optim.params")
         torch.manual_seed(cfg.seed + 1 + d.rank)  # dropout stream, distinct per rank
         o = cfg.optim
         self.optimizer = build_optimizer(o.name, self.model, o.lr, o.weight_decay, **o.options)
@@ -318,7 +324,8 @@ class Trainer:
                                                    self.data_generator))
             sync = self.dist.enabled and micro < accum - 1
             with model.no_sync() if sync else contextlib.nullcontext():
-                loss = lm_loss(model(x), y)
+                with torch.autocast(self.device.type, DTYPES[cfg.dtype], enabled=cfg.dtype != "float32"):
+                    loss = lm_loss(model(x), y)
                 (loss / accum).backward()
             total += loss.detach().float()
         params = [p for p in self.model.parameters() if p.grad is not None]
