@@ -7,7 +7,8 @@ its train loss — on fixed batches of the subset, checked every ``check_every``
 al.'s control: every model is compared at the same train loss) or ``max_steps`` (then ``reached`` is False and
 the run is left out of the correlations). Grid: lr (3 per optimizer) × batch × weight decay × {AdamW, SGD with
 momentum 0.9}; replicates (more seeds) on every k-th config (6 of 36 in full); all configs of a replicate share
-one initialization. The full profile's target (1.8 nats) and step cap are untested guesses (no full run yet).
+one initialization. The full profile's target (2.0 nats) and token cap (2.5M) are sized to the 3-hour budget from one measured
+full run (AdamW, batch 32: 1.79 nats after 1.5M tokens); SGD-m at 114k is untested at full size.
 
 Measures, at the stopped model, on one fixed batch of the subset (the same for every run): λ_max(H) (Lanczos),
 tr H and tr F (Hutchinson), SAM and ASAM ε-sharpness (ρ = 0.05 and 0.5, one ascent step), the Fisher–Rao norm
@@ -60,19 +61,26 @@ LABELS = {"lambda_max": "λ_max(H)", "tr_H": "tr H", "tr_F": "tr F", "sam": "SAM
           "noise_b_simple": "noise scale B_simple", "d_eff": "d_eff(1e-3)"}
 AXES = ("lr", "batch", "wd", "optimizer")
 PROFILES = {
-    "quick": {"size": "19.6k", "chars": 20_000, "block": 64, "target": 2.36, "max_steps": 800, "check_every": 20,
-              "lr_idx": [1, 2], "batches": [8, 32], "wds": [0.0, 0.1], "optimizers": ["adamw"],
+    "quick": {"size": "19.6k", "chars": 20_000, "block": 64, "target": 2.5, "max_steps": 800, "check_every": 20,
+              "lr_idx": [1, 2], "batches": [8, 32], "wds": [0.0, 0.1], "optimizers": ["adamw", "sgd"],
               "replicated": 0, "seeds": 1, "measure_batch": 8, "probes": 4, "slq_steps": 12,
-              "dinh_alphas": [1.0, 3.0, 10.0], "tokens_to_target": 6e5},
-    "full": {"size": "114k", "chars": 200_000, "block": 64, "target": 1.8, "max_steps": 4000, "check_every": 50,
+              "dinh_alphas": [1.0, 3.0, 10.0], "tokens_to_target": 4e5},
+    "full": {"size": "114k", "chars": 200_000, "block": 64, "target": 2.0, "max_steps": 4000, "check_every": 50,
              "lr_idx": [0, 1, 2], "batches": [8, 32, 128], "wds": [0.0, 0.1], "optimizers": ["adamw", "sgd"],
              "replicated": 6, "seeds": 3, "measure_batch": 8, "probes": 8, "slq_steps": 24,
-             "dinh_alphas": [1.0, 1.5, 3.0, 10.0, 30.0], "tokens_to_target": 3e6},
+             "dinh_alphas": [1.0, 1.5, 3.0, 10.0, 30.0], "tokens_to_target": 1e6, "max_tokens": 2.5e6},
 }
 MEASURE_SEED = 12345
-#: estimated seconds per 1k training tokens (quiet 2-core CPU) and per curvature product; ``tokens_to_target``: a
-#: guess at the tokens a batch-32 run needs to reach the target (measured ≈ 6e5 for the quick profile)
-STEP_S = {"19.6k": 0.015, "114k": 0.025}
+#: SGD's weight decay is coupled L2 (p ← p − η(g + λp)), amplified 1/(1 − β) = 10× by momentum 0.9 and applied at a
+#: 10× larger lr than AdamW's decoupled decay: λ_SGD = 0.01·λ gives the same per-step shrink at the middle lrs
+#: (measured: SGD at λ = 0.1 never reaches the quick target; at 0.001 it does, like λ = 0)
+SGD_WD_SCALE = 0.01
+#: estimated seconds per 1k training tokens (one thread, block 64) and per curvature product; ``tokens_to_target``:
+#: the tokens a batch-32 run needs to reach the target (quick: ≈ 4e5 measured; full: AdamW lr 1e-2 wd 0.1 reached
+#: 1.79 after 1.5M tokens in 192 s at load 6 ≈ 2.4× slowdown, so ≈ 1e6 at 2.0 is a guess); ``max_tokens`` caps
+#: every run (max_steps = min(max_steps, max_tokens / (batch·block))): a run that misses the target by then is
+#: dropped from the correlations and counted
+STEP_S = {"19.6k": 0.02, "114k": 0.05}
 MATVEC_S = {"19.6k": 0.03, "114k": 0.06}
 
 
@@ -99,7 +107,9 @@ def train_to_loss(params: dict, seed: int, data) -> tuple[torch.nn.Module, dict]
     """Train until the subset's train loss (8 fixed batches of 16) is ≤ ``target`` or ``max_steps``."""
     model = _gpt(params["size"], seed)
     opt_name, lr = params["optimizer"], LRS[params["optimizer"]][params["lr_idx"]]
-    opt = build_optimizer(opt_name, model, lr, params["wd"], **({"momentum": 0.9} if opt_name == "sgd" else {}))
+    sgd = opt_name == "sgd"
+    opt = build_optimizer(opt_name, model, lr, params["wd"] * (SGD_WD_SCALE if sgd else 1.0),
+                          **({"momentum": 0.9} if sgd else {}))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
     train_eval = fixed_batches(data, "train", 8, 16, params["block"], MEASURE_SEED + 1)
     val_eval = fixed_batches(data, "val", 8, 16, params["block"], MEASURE_SEED + 2)
@@ -254,11 +264,13 @@ def plan(profile: str) -> list[Cell]:
     replicated = {round(j * (len(configs) - 1) / max(1, k - 1)) for j in range(k)}  # spread over the grid
     for i, c in enumerate(configs):
         seeds = p["seeds"] if i in replicated else 1
+        steps = min(p["max_steps"], int(p.get("max_tokens", 1e12) // (c["batch"] * p["block"])))
         for r in range(seeds):
-            tokens = min(p["max_steps"] * c["batch"] * p["block"], p["tokens_to_target"] * max(1.0, c["batch"] / 32))
+            tokens = min(steps * c["batch"] * p["block"], p["tokens_to_target"] * max(1.0, c["batch"] / 32))
             est = 2.0 + measure_s + STEP_S[p["size"]] * tokens / 1000
             cells.append(Cell("E4", f"e4/train/{config_name(c)}/r{r}", FN + "run_config",
-                              {**shared, **c, "pair_key": "e4/train"}, replicate=r, priority=1 if r == 0 else 3,
+                              {**shared, **c, "max_steps": steps, "pair_key": "e4/train"}, replicate=r,
+                              priority=1 if r == 0 else 3,
                               est_seconds=est))
     src = f"e4/train/{config_name(configs[0])}/r0"
     cells.append(Cell("E4", "e4/dinh", FN + "run_dinh", {**shared, "alphas": p["dinh_alphas"]}, priority=2,
@@ -385,8 +397,8 @@ def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
     if dinh:
         _dinh_section(dinh[0], figdir, claims, figures, tables, numbers)
     quick = any(c.params.get("size") == PROFILES["quick"]["size"] for c, _ in cfg_runs)
-    text = (("Quick profile (smoke test): a 19.6k GPT on 20k characters, 8 AdamW configs, 1 seed; the τ/Ψ CIs are "
-             "wide at this size." if quick else "Full profile: a 114k GPT on 200k characters, 36 configs, 3 seeds "
+    text = (("Quick profile (smoke test): a 19.6k GPT on 20k characters, 16 configs (AdamW and SGD-m), 1 seed; "
+             "the τ/Ψ CIs are wide at this size." if quick else "Full profile: a 114k GPT on 200k characters, 36 configs, 3 seeds "
              "on 6 of them.") + f" Runs that missed the target train loss: {dropped} (left out).")
     return Section("E4", EXPERIMENT.title, claims, figures, tables, numbers, text)
 
