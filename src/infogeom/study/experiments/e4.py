@@ -7,8 +7,8 @@ its train loss — on fixed batches of the subset, checked every ``check_every``
 al.'s control: every model is compared at the same train loss) or ``max_steps`` (then ``reached`` is False and
 the run is left out of the correlations). Grid: lr (3 per optimizer) × batch × weight decay × {AdamW, SGD with
 momentum 0.9}; replicates (more seeds) on every k-th config (6 of 36 in full); all configs of a replicate share
-one initialization. The full profile's target (2.0 nats) and token cap (2.5M) are sized to the 3-hour budget from one measured
-full run (AdamW, batch 32: 1.79 nats after 1.5M tokens); SGD-m at 114k is untested at full size.
+one initialization. The full profile's target (2.0 nats) and token cap (2.5M) are sized to the 3-hour budget from
+one measured full run (AdamW, batch 32: 1.79 nats after 1.5M tokens); SGD-m at 114k is untested at full size.
 
 Measures, at the stopped model, on one fixed batch of the subset (the same for every run): λ_max(H) (Lanczos),
 tr H and tr F (Hutchinson), SAM and ASAM ε-sharpness (ρ = 0.05 and 0.5, one ascent step), the Fisher–Rao norm
@@ -398,8 +398,8 @@ def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
         _dinh_section(dinh[0], figdir, claims, figures, tables, numbers)
     quick = any(c.params.get("size") == PROFILES["quick"]["size"] for c, _ in cfg_runs)
     text = (("Quick profile (smoke test): a 19.6k GPT on 20k characters, 16 configs (AdamW and SGD-m), 1 seed; "
-             "the τ/Ψ CIs are wide at this size." if quick else "Full profile: a 114k GPT on 200k characters, 36 configs, 3 seeds "
-             "on 6 of them.") + f" Runs that missed the target train loss: {dropped} (left out).")
+             "the τ/Ψ CIs are wide at this size." if quick else "Full profile: a 114k GPT on 200k characters, 36 "
+             "configs, 3 seeds on 6 of them.") + f" Runs that missed the target train loss: {dropped} (left out).")
     return Section("E4", EXPERIMENT.title, claims, figures, tables, numbers, text)
 
 
