@@ -21,6 +21,10 @@ def _law(n, d, law=LAW):
     return law["E"] + law["A"] / n ** law["alpha"] + law["B"] / d ** law["beta"]
 
 
+def tail_nu(n):
+    return 1 + math.log10(n) / 10
+
+
 def _synthetic(profile, bump=1.0, noise=0.003):
     cells = e3.plan(profile)
     rng = np.random.default_rng(0)
@@ -42,6 +46,8 @@ def _synthetic(profile, bump=1.0, noise=0.003):
                                "b_noise": 0.5 * k * ls ** -4, "lambda_max_H": 100.0, "lambda_max_eta": 0.6,
                                "precond_ratio": 0.9, "precond_sharpness": 50.0, "tr_F": 10.0,
                                "tr_F_per_param": 10.0 / n, "lr": 6e-3}
+                if p.get("spectrum_k"):  # an exact power law λ_i = i^−ν, ν = 1 + log10(N) / 10 (oracle: Hill)
+                    r["stable"]["fisher_top"] = list(np.arange(1, p["spectrum_k"] + 2) ** -tail_nu(n))
         elif c.fn.endswith("run_batch"):
             steps = e3.steps_for(p["tokens_m"], p["batch"])
             every = max(1, steps // p["evals"])
@@ -109,6 +115,11 @@ def test_analyze_full_synthetic_law(tmp_path, few_boots):
     for t in section.numbers["critical_batch"]["targets"]:
         assert t["b_crit"] == pytest.approx(BC, rel=0.05)
     assert section.numbers["b_simple_vs_loss"]["slope"]["value"] == pytest.approx(-4, abs=0.05)
+    tails = section.numbers["fisher_tail"]["per_size"]
+    assert len(tails) == 6
+    k = e3.PROFILES["full"]["spectrum_k"]
+    for n, t in tails.items():  # Hill on exact ranks: ν·(log(k+1) − log(k!)/k)
+        assert t["nu"]["value"] == pytest.approx(tail_nu(float(n)) * (math.log(k + 1) - math.lgamma(k + 1) / k))
     assert "SMOKE" not in section.text
     assert all((tmp_path / f).stat().st_size > 0 for f, _ in section.figures)
     assert all((tmp_path / f.replace(".png", ".json")).exists() for f, _ in section.figures)

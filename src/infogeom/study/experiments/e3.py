@@ -9,7 +9,9 @@ at token budgets D (full: 0.25M … 8M ≈ 1.8 epochs of the 4.55M-token trainin
   decay_fraction 0.2 (linear cooldown to 0) — bit-for-bit the run planned for D tokens (tested in test_train.py).
   Before its cooldown it measures the stable-phase curvature on a fixed batch (lr = the peak lr): B_simple and
   B_noise (per-sequence gradients), λ_max(H), AdamW's preconditioned sharpness λ₁(P⁻¹H) over its threshold, and
-  tr F / N (Hutchinson); after it, the loss on fixed held-out batches (the same for every run);
+  tr F / N (Hutchinson), and at the size's largest budget the top ``spectrum_k`` + 1 Fisher eigenvalues (Lanczos)
+  for the spectral tail exponent (:func:`~infogeom.study.scaling.spectral_tail_exponent`, exploratory); after it,
+  the loss on fixed held-out batches (the same for every run);
 - ``rep`` cells: two more seeds (single WSD runs) at two (N, D) cells, for the seed noise σ (sd of log L).
 A batch-size sweep on one size (constant lr after warmup, equal tokens; full: each B's lr the best of m·η*·√(B/16),
 m ∈ {½, 1, 2}, on short runs — quick: the rule η*·√(B/16) untuned, labelled) gives steps-to-target S(B) at three
@@ -56,12 +58,12 @@ MIN_SIZES, MIN_BUDGETS = 5, 4  # fewer: a smoke test, every verdict inconclusive
 PROFILES = {
     "quick": {"sizes": ["19.6k", "66.8k", "114k"], "budgets_m": [0.125, 0.25, 0.5], "lrs": [6e-3, 1.2e-2],
               "lr_budget_m": 0.125, "reps": [("19.6k", 0.125), ("66.8k", 0.25)], "eval_batches": 8,
-              "measure": {"batch": 8, "probes": 4},
+              "measure": {"batch": 8, "probes": 4}, "spectrum_k": 10,
               "bs": {"size": "19.6k", "batches": [4, 8, 32], "tokens_m": 0.125, "evals": 20, "lr_grid": None}},
     "full": {"sizes": ["19.6k", "66.8k", "114k", "356k", "820k", "2.71M"], "budgets_m": [0.25, 0.5, 1, 2, 4, 8],
              "max_budget_m": {"820k": 2, "2.71M": 1},  # the 3-hour budget: a ragged grid at the two largest sizes
              "lrs": [3e-3, 6e-3, 1.2e-2], "lr_budget_m": 0.25, "reps": [("114k", 1), ("356k", 2)],
-             "eval_batches": 32, "measure": {"batch": 8, "probes": 4},
+             "eval_batches": 32, "measure": {"batch": 8, "probes": 4}, "spectrum_k": 20,
              "bs": {"size": "356k", "batches": [8, 16, 32, 64, 128], "tokens_m": 1.0, "evals": 30,
                     "lr_grid": [0.5, 1.0, 2.0], "lr_tokens_m": 0.25}},
 }
@@ -164,6 +166,10 @@ def run_branch(params: dict, seed: int, workdir: Path, inputs: dict) -> dict:
     mb = fixed_batch(params["measure"]["batch"], BLOCK, seed)
     stable = {"loss": heldout_loss(model, params["eval_batches"]), "step": int(ckpt["step"]),
               **measure(model, opt, mb, seed, params["measure"]["probes"])}
+    if params.get("spectrum_k"):  # the top of the Fisher spectrum, for its tail exponent (exploratory)
+        top = eigsh(FisherOperator(model, mb), k=params["spectrum_k"] + 1, tol=1e-2,
+                    generator=torch.Generator().manual_seed(seed), residuals=False)
+        stable["fisher_top"] = [float(v) for v in top.values]
     cfg = _config(workdir, params["size"], stem["result"]["lr"], steps, stem["result"]["seed"], DECAY_FRACTION)
     res = run_training(cfg, start=start)
     return {"lr": stem["result"]["lr"], "stable": stable, **_final(workdir, res, params["eval_batches"], steps)}
@@ -246,12 +252,14 @@ def plan(profile: str) -> list[Cell]:
                           est_seconds=startup + last * TOKENS_PER_STEP * tok_s, needs=tuple(lr_names)))
         for d in budgets:
             cool = steps_for(d) - branch_start(steps_for(d))
+            spec = p["spectrum_k"] if d == max(budgets) else 0  # at the last stable checkpoint of the size
             cells.append(Cell("E3", f"e3/branch/{size}/{d:g}M", FN + "run_branch",
                               {"size": size, "tokens_m": d, "eval_batches": ev, "measure": meas,
-                               "pair_key": f"e3/{size}"}, priority=1 if d != min(p["budgets_m"]) else 2,
+                               "pair_key": f"e3/{size}", **({"spectrum_k": spec} if spec else {})},
+                              priority=1 if d != min(p["budgets_m"]) else 2,
                               est_seconds=startup + cool * TOKENS_PER_STEP * tok_s
-                              + (60 + 2 * meas["probes"] + meas["batch"]) * meas["batch"] * BLOCK * tok_s * 2,
-                              needs=(stem,)))
+                              + (60 + 2 * meas["probes"] + meas["batch"] + 3 * spec + 40 * bool(spec))
+                              * meas["batch"] * BLOCK * tok_s * 2, needs=(stem,)))
     for size, d in p["reps"]:
         for r in (1, 2):
             cells.append(Cell("E3", f"e3/rep/{size}/{d:g}M/r{r}", FN + "run_rep",
@@ -501,6 +509,37 @@ def _curvature(runs: list[dict], figdir: Path, numbers: dict, tables: list, figu
     (figdir / "e3_curvature.json").write_text(json.dumps(numbers["curvature"], default=float))
 
 
+def _tail(runs: list[dict], fit: dict | None, figdir: Path, numbers: dict, tables: list, figures: list) -> None:
+    """Exploratory: the Fisher spectral tail exponent ν (λ_i ∝ i^−ν, Hill fit of the Lanczos top eigenvalues at the
+    last stable checkpoint of each size) beside the fitted exponents (Bahri et al. 2021: β ≈ ν − 1)."""
+    import matplotlib.pyplot as plt
+
+    tops = {r["params"]: r["stable"]["fisher_top"] for r in runs if r.get("stable", {}).get("fisher_top")}
+    if not tops:
+        return
+    fits = {n: scaling.spectral_tail_exponent(v) for n, v in sorted(tops.items())}
+    beta = fit["params"]["beta"] if fit else math.nan
+    alpha = fit["params"]["alpha"] if fit else math.nan
+    numbers["fisher_tail"] = {"per_size": {str(n): f.to_dict() for n, f in fits.items()}, "alpha": alpha,
+                              "beta": beta}
+    tables.append(("Fisher spectral tail exponent ν per size (λ_i ∝ i^−ν; Hill fit of the top Lanczos eigenvalues "
+                   "at the last stable checkpoint, exact Pareto CI) beside the fitted exponents (exploratory)",
+                   ["N", "top k", "ν", "ν − 1", "fitted β", "fitted α"],
+                   [[f"{n:,}", str(f.k), stats.fmt(f.nu), f"{f.nu.value - 1:.3g}", f"{beta:.3g}", f"{alpha:.3g}"]
+                    for n, f in fits.items()]))
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for i, (n, v) in enumerate(sorted(tops.items())):
+        lam = np.sort(np.asarray(v))[::-1]
+        ax.loglog(np.arange(1, lam.size + 1), lam, "o-", ms=3, color=f"C{i}", label=f"N = {n:,}: ν = "
+                  f"{fits[n].nu.value:.2f}")
+    ax.set(xlabel="rank i", ylabel="Fisher eigenvalue λ_i (per token)", title="Top of the Fisher spectrum")
+    ax.legend(fontsize=7)
+    figures.append((savefig(fig, figdir, "e3_fisher_tail.png"), "Rank-ordered top Fisher eigenvalues per size at the "
+                    "last stable checkpoint; ν from the Hill fit (exploratory, no verdict)."))
+    (figdir / "e3_fisher_tail.json").write_text(json.dumps({"tops": {str(n): v for n, v in tops.items()},
+                                                            "fits": numbers["fisher_tail"]}, default=float))
+
+
 def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
     branches = [r for c, r in results if c.fn.endswith("run_branch")]
     reps = [(c, r) for c, r in results if c.fn.endswith("run_rep")]
@@ -539,6 +578,7 @@ def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
                        [[str(r["batch"]), f"{r['lr']:.3g}", r["lr_rule"], str(r["steps"])] for r in crit["runs"]]))
     claims += _noise_claims(branches, crit, smoke, figdir, numbers, figures)
     _curvature(branches, figdir, numbers, tables, figures)
+    _tail(branches, numbers.get("fit"), figdir, numbers, tables, figures)
     text = (f"{n_sizes} sizes × {n_budgets} token budgets, WSD cooldown branches from one stem per size; N = total "
             f"parameters. " + ("SMOKE TEST (quick profile): too few sizes and budgets for a falsifiable fit, every "
                                "verdict is inconclusive by rule; run --full for the real sweep." if smoke else ""))
