@@ -2,6 +2,7 @@
 synthetic data drawn from known parameters."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -154,3 +155,17 @@ def test_tail_exponent_bad_input():
         sc.spectral_tail_exponent([1.0, 0.5])
     with pytest.raises(ValueError):
         sc.spectral_tail_exponent([2.0, 2.0, 2.0, 1.0], k=2)
+
+
+def test_lbfgs_skips_pairs_without_curvature_quietly():
+    """The quick study's E3 runs (N, D, L): the grid screen met L-BFGS pairs with sᵀy > 0 but ≈ 0, whose 1/sᵀy
+    overflowed and turned the next two-loop direction into nan (numpy's two warnings); they must be skipped."""
+    runs = [(19552, 124928, 3.069026), (19552, 124928, 3.136214), (19552, 124928, 3.193161), (19552, 249856, 2.910385),
+            (19552, 499712, 2.666041), (66816, 124928, 2.707565), (66816, 249856, 2.579488), (66816, 249856, 2.588468),
+            (66816, 249856, 2.590548), (66816, 499712, 2.514063), (113664, 124928, 2.730137),
+            (113664, 249856, 2.584337), (113664, 499712, 2.499662)]
+    n, d, loss = (np.log(np.array(v, float)) for v in zip(*runs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x, f = sc.grid_search(n, d, loss, sc.HUBER_DELTA, sc.HOFFMANN_GRID)
+    assert np.all(np.isfinite(x)) and np.all(np.isfinite(f))

@@ -94,9 +94,9 @@ def lbfgs(fun: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
           max_iter: int = 1000, history: int = 10, gtol: float = 1e-12, ftol: float = 1e-15
           ) -> tuple[np.ndarray, np.ndarray]:
     """Minimize P independent problems at once. ``fun(x [k, d], rows [k]) -> (f [k], grad [k, d])`` evaluates
-    problem ``rows[j]`` at ``x[j]``. L-BFGS two-loop recursion with ``history`` pairs (a pair with sᵀy ≤ 0 is
-    skipped), initial scaling γ = sᵀy/yᵀy, Armijo backtracking (c₁ = 1e-4; t = 1, else the largest of
-    2⁻¹ … 2⁻⁴⁰, tried in three vectorized blocks; the first step has length ≤ 1); a row stops when
+    problem ``rows[j]`` at ``x[j]``. L-BFGS two-loop recursion with ``history`` pairs (a pair with
+    sᵀy ≤ 1e-10‖s‖‖y‖ is skipped), initial scaling γ = sᵀy/yᵀy, Armijo backtracking (c₁ = 1e-4; t = 1, else the
+    largest of 2⁻¹ … 2⁻⁴⁰, tried in three vectorized blocks; the first step has length ≤ 1); a row stops when
     max|∇f| ≤ ``gtol``, when an iteration lowers f by ≤ ``ftol``·max(1, |f|), or when its line search fails.
     Returns (x, f) ``[P, d], [P]``."""
     x = np.array(x0, dtype=np.float64)
@@ -154,7 +154,10 @@ def lbfgs(fun: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
         sy = (s_k * y_k).sum(1)
         slot = k % history
         S[slot, idx], Y[slot, idx] = s_k, y_k
-        rho[slot, idx] = np.where(sy > 0, 1.0 / np.where(sy > 0, sy, 1.0), 0.0)
+        # a pair with sᵀy ≤ 1e-10‖s‖‖y‖ (or below 1e-300) carries no curvature: 1/sᵀy would overflow to inf and the
+        # next two-loop pass to nan (the quick E3 fit's two numpy warnings), so it is skipped
+        keep = (sy > 1e-10 * np.linalg.norm(s_k, axis=1) * np.linalg.norm(y_k, axis=1)) & (sy > 1e-300)
+        rho[slot, idx] = np.where(keep, 1.0 / np.where(keep, sy, 1.0), 0.0)
         k += 1
         stalled = f[idx] - f_new <= ftol * np.maximum(1.0, np.abs(f[idx]))
         x[idx], f[idx], g[idx] = x_new, f_new, g_new
