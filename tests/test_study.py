@@ -96,6 +96,11 @@ def test_budget_drops_lowest_priority_cells_and_their_dependents(tmp_path):
     store = CellStore(tmp_path)
     plan = make_plan(exps, "quick", 0, 1, 1.0, store)
     assert plan.estimate_seconds() == pytest.approx(4 * 2 + 3 + 1 + 30)  # cells + overhead, 1 job
+    assert plan.longest_chain_seconds("X1") == pytest.approx(2 + 1)  # a value, then the sum (train: 3 alone)
+    plan.cells[0].status = "done"
+    for pc in plan.cells[1:4]:
+        pc.est = 0.5
+    assert plan.longest_chain_seconds("X1") == pytest.approx(3.0)  # now train; a done value costs nothing
     assert [pc.cell.name for pc in make_plan(exps, "quick", 0, 1, 1.0, store, 41.9 / 60).dropped()] == ["train"]
     plan = make_plan(exps, "quick", 0, 1, 1.0, store, 38.5 / 60)  # train (priority 2), then r3 and sum (needs r3)
     assert [pc.cell.name for pc in plan.dropped()] == ["value/r3", "train", "sum"]

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from infogeom.errors import InfogeomError
 from infogeom.study.experiments import MODULES, e3
 from infogeom.study.experiments.common import LADDER
 
@@ -18,6 +19,10 @@ BC, L0, SLOPE = 24.0, 1.3, 400.0  # batch sweep: val(s) = L0 + SLOPE (1 + BC/B) 
 
 def _law(n, d, law=LAW):
     return law["E"] + law["A"] / n ** law["alpha"] + law["B"] / d ** law["beta"]
+
+
+def tail_nu(n):
+    return 1 + math.log10(n) / 10
 
 
 def _synthetic(profile, bump=1.0, noise=0.003):
@@ -41,6 +46,8 @@ def _synthetic(profile, bump=1.0, noise=0.003):
                                "b_noise": 0.5 * k * ls ** -4, "lambda_max_H": 100.0, "lambda_max_eta": 0.6,
                                "precond_ratio": 0.9, "precond_sharpness": 50.0, "tr_F": 10.0,
                                "tr_F_per_param": 10.0 / n, "lr": 6e-3}
+                if p.get("spectrum_k"):  # an exact power law λ_i = i^−ν, ν = 1 + log10(N) / 10 (oracle: Hill)
+                    r["stable"]["fisher_top"] = list(np.arange(1, p["spectrum_k"] + 2) ** -tail_nu(n))
         elif c.fn.endswith("run_batch"):
             steps = e3.steps_for(p["tokens_m"], p["batch"])
             every = max(1, steps // p["evals"])
@@ -54,7 +61,7 @@ def _synthetic(profile, bump=1.0, noise=0.003):
 
 def test_plan_structure_and_budget():
     exp = importlib.import_module(f"infogeom.study.experiments.{MODULES['E3']}").EXPERIMENT
-    for profile, budget_s in (("quick", 300), ("full", 9600)):
+    for profile, budget_s in (("quick", 300), ("full", 7200)):
         cells = exp.plan(profile)
         names = [c.name for c in cells]
         assert len(set(names)) == len(names)
@@ -65,7 +72,7 @@ def test_plan_structure_and_budget():
             json.dumps(c.params)
         assert sum(c.est_seconds for c in cells) <= budget_s
     full = exp.plan("full")
-    assert len([c for c in full if c.fn.endswith("run_branch")]) == 36
+    assert len([c for c in full if c.fn.endswith("run_branch")]) == 31  # ragged: 820k ≤ 2M, 2.71M ≤ 1M
     assert max(e3.steps_for(c.params["tokens_m"]) * e3.TOKENS_PER_STEP for c in full
                if c.fn.endswith("run_branch")) / 4.55e6 < 1.8  # ≤ 1.8 epochs of the training split
     # every branch continues from a checkpoint its stem writes, inside the stable phase (after the warmup)
@@ -108,6 +115,11 @@ def test_analyze_full_synthetic_law(tmp_path, few_boots):
     for t in section.numbers["critical_batch"]["targets"]:
         assert t["b_crit"] == pytest.approx(BC, rel=0.05)
     assert section.numbers["b_simple_vs_loss"]["slope"]["value"] == pytest.approx(-4, abs=0.05)
+    tails = section.numbers["fisher_tail"]["per_size"]
+    assert len(tails) == 6
+    k = e3.PROFILES["full"]["spectrum_k"]
+    for n, t in tails.items():  # Hill on exact ranks: ν·(log(k+1) − log(k!)/k)
+        assert t["nu"]["value"] == pytest.approx(tail_nu(float(n)) * (math.log(k + 1) - math.lgamma(k + 1) / k))
     assert "SMOKE" not in section.text
     assert all((tmp_path / f).stat().st_size > 0 for f, _ in section.figures)
     assert all((tmp_path / f.replace(".png", ".json")).exists() for f, _ in section.figures)
@@ -119,3 +131,16 @@ def test_analyze_flags_a_broken_law_and_the_smoke_test(tmp_path, few_boots):
     quick = e3.analyze(_synthetic("quick"), tmp_path)
     assert {c.verdict for c in quick.claims} == {"inconclusive"} and "SMOKE TEST" in quick.text
     assert all("smoke test" in c.measured for c in quick.claims)
+
+
+def test_batch_sweep_lr_is_the_grid_best_or_the_sqrt_rule():
+    lr = {"e3/lr/356k/0.003": {"result": {"lr": 3e-3, "loss": 1.6}},
+          "e3/lr/356k/0.006": {"result": {"lr": 6e-3, "loss": 1.5}}}
+    assert e3.batch_lr(lr, 64) == (pytest.approx(6e-3 * 2), "sqrt")
+    assert e3.batch_lr(lr, 16 * 400) == (0.03, "sqrt")  # capped
+    grid = {f"e3/bslr/356k/B64/x{m:g}": {"result": {"lr": m * 0.012, "loss": loss}}
+            for m, loss in ((0.5, 1.7), (1.0, 1.65), (2.0, math.inf))}
+    assert e3.batch_lr({**lr, **grid}, 64) == (pytest.approx(0.012), "tuned")
+    bad = {n: {"result": {**r["result"], "loss": math.inf}} for n, r in grid.items()}
+    with pytest.raises(InfogeomError):
+        e3.batch_lr({**lr, **bad}, 64)

@@ -147,24 +147,44 @@ def _tiny_gpt():
 
 
 @pytest.mark.parametrize("kind", ["qk", "vo"])
-def test_attention_rescaling_preserves_the_function_and_moves_lambda_max(kind, monkeypatch):
-    monkeypatch.setattr(e4, "FR_DAMPING", 1e-9)  # the invariance is exact as δ → 0
+def test_attention_rescaling_preserves_the_function_and_moves_lambda_max(kind):
     x = torch.randint(0, 11, (3, 8), generator=torch.Generator().manual_seed(1))
     batch = (x, torch.roll(x, -1, 1))
 
     def measured(alpha):
         model = e4.rescale_attention(_tiny_gpt(), alpha, kind)
         lam = float(eigsh(HessianOperator(model, batch), k=1, tol=1e-8).values[0])
-        fr, _ = e4.fisher_rao(model, batch, 300, 1e-8, torch.Generator().manual_seed(0))
-        return model(x), lam, fr
+        return model(x), lam, e4.fisher_rao_norm(model, batch)
 
     ref, lam0, fr0 = measured(1.0)
     out, lam, fr = measured(7.0)
     assert torch.allclose(out, ref, rtol=0, atol=1e-12)
-    assert fr == pytest.approx(fr0, rel=1e-2)  # the K-FAC Fisher–Rao pencil is invariant up to its damping
-    out, lam, _ = measured(100.0)
+    assert fr == pytest.approx(fr0, rel=1e-9)  # θᵀFθ is exactly invariant under θ' = Sθ
+    out, lam, fr = measured(100.0)
     assert torch.allclose(out, ref, rtol=0, atol=1e-10)
+    assert fr == pytest.approx(fr0, rel=1e-7)
     assert lam > 2 * lam0  # raw sharpness is reparameterizable: λ_max grows without bound in α
+
+
+def test_fisher_rao_norm_matches_a_dense_float64_fisher():
+    """θᵀFθ against F = (1/N) Σ_n J_nᵀ(diag p_n − p_n p_nᵀ)J_n built from the dense logit Jacobian (jacrev)."""
+    from torch.func import functional_call, jacrev
+
+    model = _tiny_gpt()
+    x = torch.randint(0, 11, (2, 8), generator=torch.Generator().manual_seed(2))
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    theta = torch.cat([p.reshape(-1) for p in params.values()])
+    shapes = [p.shape for p in params.values()]
+
+    def logits(flat):
+        parts = dict(zip(params, [t.reshape(s) for t, s in zip(flat.split([s.numel() for s in shapes]), shapes)]))
+        return functional_call(model, parts, (x,)).reshape(-1, 11)
+
+    J = jacrev(logits)(theta)  # [N, V, P]
+    p = torch.softmax(logits(theta), -1)
+    M = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    F = torch.einsum("nvp,nvw,nwq->pq", J, M, J) / J.shape[0]
+    assert e4.fisher_rao_norm(model, (x, torch.roll(x, -1, 1))) == pytest.approx(float(theta @ F @ theta), rel=1e-10)
 
 
 def test_rescaling_bad_kind():

@@ -68,7 +68,8 @@ def _print_plan(plan) -> None:
         dropped = sum(pc.status == "dropped" for pc in cells)
         est = sum(pc.est for pc in todo) / max(1, min(plan.jobs, len(todo) or 1))
         print(f"  {eid:<4} {exp.title[:44]:<44} {len(cells):4d} cells: {done} done, {len(todo)} to do"
-              + (f", {dropped} dropped" if dropped else "") + f"  ~{_minutes(est)}")
+              + (f", {dropped} dropped" if dropped else "") + f"  ~{_minutes(est)}"
+              + (f" (longest chain ~{_minutes(plan.longest_chain_seconds(eid))})" if todo else ""))
     print(f"  total (with workers and report): ~{_minutes(plan.estimate_seconds())}")
     dropped = plan.dropped()
     if dropped:

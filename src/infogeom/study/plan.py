@@ -61,6 +61,21 @@ class Plan:
         cells = self.todo() if cells is None else cells
         return sum(pc.est for pc in cells) / max(1, min(self.jobs, len(cells) or 1)) + OVERHEAD_SECONDS * self.slowdown
 
+    def longest_chain_seconds(self, experiment: str) -> float:
+        """The largest summed estimate along a chain of to-do cells of ``experiment`` linked by ``needs``: a wall-time
+        floor however many jobs run (done cells cost nothing)."""
+        cells = {pc.cell.name: pc for pc in self.of(experiment)}
+        memo: dict[str, float] = {}
+
+        def finish(name: str) -> float:
+            if name not in memo:
+                pc = cells[name]
+                memo[name] = (pc.est if pc.status == "todo" else 0.0) + max(
+                    (finish(n) for n in pc.cell.needs), default=0.0)
+            return memo[name]
+
+        return max((finish(n) for n, pc in cells.items() if pc.status == "todo"), default=0.0)
+
     def to_json(self) -> dict:
         return {
             "profile": self.profile, "seed": self.seed, "jobs": self.jobs, "slowdown": self.slowdown,

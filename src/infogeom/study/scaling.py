@@ -26,6 +26,11 @@ small models; Kaplan et al. 2020 used non-embedding parameters, which E3 reports
 **Critical batch** (McCandlish et al. 2018, eq. 2.11): the steps S and examples E = B·S to reach a fixed loss obey
 (S/S_min − 1)(E/E_min − 1) = 1, i.e. S(B) = S_min + E_min/B, with B_crit = E_min/S_min. :func:`critical_batch_fit`
 fits log S on log(S_min + E_min/B) by least squares (positive S_min, E_min) with a bootstrap over batch sizes.
+
+**Spectral tail exponent** (exploratory; Bahri et al. 2021 relate a spectrum λ_i ∝ i^−ν to a data-scaling exponent
+β ≈ ν − 1): :func:`spectral_tail_exponent` is the Hill estimator on the top k eigenvalues,
+â = k / Σ_{i≤k} log(λ_i / λ_{k+1}), the tail index of a Pareto density p(λ) ∝ λ^−(a+1), whose rank-ordered values
+decay as λ_(i) ∝ i^−1/a, so ν = 1/â. Exact interval for Pareto tails: a·Σ log(λ_i/λ_{k+1}) ~ Gamma(k, 1).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import optimize
+from scipy import stats as sstats
 
 from .stats import Interval, bca_bounds
 
@@ -88,9 +94,9 @@ def lbfgs(fun: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
           max_iter: int = 1000, history: int = 10, gtol: float = 1e-12, ftol: float = 1e-15
           ) -> tuple[np.ndarray, np.ndarray]:
     """Minimize P independent problems at once. ``fun(x [k, d], rows [k]) -> (f [k], grad [k, d])`` evaluates
-    problem ``rows[j]`` at ``x[j]``. L-BFGS two-loop recursion with ``history`` pairs (a pair with sᵀy ≤ 0 is
-    skipped), initial scaling γ = sᵀy/yᵀy, Armijo backtracking (c₁ = 1e-4; t = 1, else the largest of
-    2⁻¹ … 2⁻⁴⁰, tried in three vectorized blocks; the first step has length ≤ 1); a row stops when
+    problem ``rows[j]`` at ``x[j]``. L-BFGS two-loop recursion with ``history`` pairs (a pair with
+    sᵀy ≤ 1e-10‖s‖‖y‖ is skipped), initial scaling γ = sᵀy/yᵀy, Armijo backtracking (c₁ = 1e-4; t = 1, else the
+    largest of 2⁻¹ … 2⁻⁴⁰, tried in three vectorized blocks; the first step has length ≤ 1); a row stops when
     max|∇f| ≤ ``gtol``, when an iteration lowers f by ≤ ``ftol``·max(1, |f|), or when its line search fails.
     Returns (x, f) ``[P, d], [P]``."""
     x = np.array(x0, dtype=np.float64)
@@ -148,7 +154,10 @@ def lbfgs(fun: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
         sy = (s_k * y_k).sum(1)
         slot = k % history
         S[slot, idx], Y[slot, idx] = s_k, y_k
-        rho[slot, idx] = np.where(sy > 0, 1.0 / np.where(sy > 0, sy, 1.0), 0.0)
+        # a pair with sᵀy ≤ 1e-10‖s‖‖y‖ (or below 1e-300) carries no curvature: 1/sᵀy would overflow to inf and the
+        # next two-loop pass to nan (the quick E3 fit's two numpy warnings), so it is skipped
+        keep = (sy > 1e-10 * np.linalg.norm(s_k, axis=1) * np.linalg.norm(y_k, axis=1)) & (sy > 1e-300)
+        rho[slot, idx] = np.where(keep, 1.0 / np.where(keep, sy, 1.0), 0.0)
         k += 1
         stalled = f[idx] - f_new <= ftol * np.maximum(1.0, np.abs(f[idx]))
         x[idx], f[idx], g[idx] = x_new, f_new, g_new
@@ -354,3 +363,35 @@ def critical_batch_fit(batch: Sequence[float], steps: Sequence[float], n_boot: i
             lo, hi = np.quantile(r[:, j], [(1 - level) / 2, (1 + level) / 2])
             intervals[name] = Interval(float(est[j]), float(lo), float(hi), int(b.size), "percentile", level)
     return CriticalBatch(float(est[0]), float(est[1]), float(est[2]), intervals, int(b.size))
+
+
+# --- spectral tail exponent -------------------------------------------------------------------------------------
+
+
+@dataclass
+class TailFit:
+    """Hill fit of the top ``k`` eigenvalues: tail index ``a`` and rank-decay exponent ``nu`` = 1/a (λ_(i) ∝ i^−ν),
+    each an :class:`~infogeom.study.stats.Interval` (exact for a Pareto tail)."""
+
+    a: Interval
+    nu: Interval
+    k: int
+
+    def to_dict(self) -> dict:
+        return {"a": self.a.to_dict(), "nu": self.nu.to_dict(), "k": self.k}
+
+
+def spectral_tail_exponent(eigenvalues: Sequence[float], k: int | None = None, level: float = 0.95) -> TailFit:
+    """Hill estimator (module doc) on the ``k`` largest positive ``eigenvalues`` above the (k+1)-th (default: all
+    but the smallest positive one); needs k ≥ 2."""
+    lam = np.sort(np.asarray(eigenvalues, np.float64))[::-1]
+    lam = lam[np.isfinite(lam) & (lam > 0)]
+    k = lam.size - 1 if k is None else int(k)
+    if k < 2 or lam.size < k + 1:
+        raise ValueError(f"need k >= 2 and k + 1 positive eigenvalues, got k = {k} of {lam.size}")
+    t = float(np.log(lam[:k] / lam[k]).sum())
+    if not t > 0:
+        raise ValueError("the top eigenvalues are all equal: no tail to fit")
+    g_lo, g_hi = sstats.gamma.ppf([(1 - level) / 2, (1 + level) / 2], k)
+    a = Interval(k / t, float(g_lo / t), float(g_hi / t), k, "exact", level)
+    return TailFit(a, Interval(1 / a.value, 1 / a.hi, 1 / a.lo, k, "exact", level), k)

@@ -9,9 +9,12 @@ at token budgets D (full: 0.25M … 8M ≈ 1.8 epochs of the 4.55M-token trainin
   decay_fraction 0.2 (linear cooldown to 0) — bit-for-bit the run planned for D tokens (tested in test_train.py).
   Before its cooldown it measures the stable-phase curvature on a fixed batch (lr = the peak lr): B_simple and
   B_noise (per-sequence gradients), λ_max(H), AdamW's preconditioned sharpness λ₁(P⁻¹H) over its threshold, and
-  tr F / N (Hutchinson); after it, the loss on fixed held-out batches (the same for every run);
+  tr F / N (Hutchinson), and at the size's largest budget the top ``spectrum_k`` + 1 Fisher eigenvalues (Lanczos)
+  for the spectral tail exponent (:func:`~infogeom.study.scaling.spectral_tail_exponent`, exploratory); after it,
+  the loss on fixed held-out batches (the same for every run);
 - ``rep`` cells: two more seeds (single WSD runs) at two (N, D) cells, for the seed noise σ (sd of log L).
-A batch-size sweep on one size (constant lr after warmup, η ∝ √B, equal tokens) gives steps-to-target S(B) at three
+A batch-size sweep on one size (constant lr after warmup, equal tokens; full: each B's lr the best of m·η*·√(B/16),
+m ∈ {½, 1, 2}, on short runs — quick: the rule η*·√(B/16) untuned, labelled) gives steps-to-target S(B) at three
 loss targets, fitted by (S/S_min − 1)(E/E_min − 1) = 1 (:func:`~infogeom.study.scaling.critical_batch_fit`).
 
 **Fit.** :func:`~infogeom.study.scaling.chinchilla_fit` on (N, D, L) of every branch and replicate run, with N the
@@ -19,7 +22,7 @@ loss targets, fitted by (S/S_min − 1)(E/E_min − 1) = 1 (:func:`~infogeom.stu
 non-embedding parameters (Kaplan et al. 2020; ``num_parameters(non_embedding=True)``: without the position table)
 is reported beside it. Leave-largest-N-out: refit without the largest size and predict its runs.
 
-The quick profile (3 sizes ≤ 114k × 3 budgets ≤ 0.5M, one replicated cell, a 3-point batch sweep) is a
+The quick profile (3 sizes ≤ 114k × 3 budgets ≤ 0.5M, two replicated cells, a 3-point batch sweep) is a
 **smoke test**: with fewer than 5 sizes or 4 budgets every E3 verdict is 'inconclusive' by rule.
 """
 
@@ -54,16 +57,19 @@ EVAL_SEED = 1234  # the held-out batches every run is scored on
 MIN_SIZES, MIN_BUDGETS = 5, 4  # fewer: a smoke test, every verdict inconclusive
 PROFILES = {
     "quick": {"sizes": ["19.6k", "66.8k", "114k"], "budgets_m": [0.125, 0.25, 0.5], "lrs": [6e-3, 1.2e-2],
-              "lr_budget_m": 0.125, "reps": [("19.6k", 0.125)], "eval_batches": 8,
-              "measure": {"batch": 8, "probes": 4},
-              "bs": {"size": "19.6k", "batches": [4, 8, 32], "tokens_m": 0.125, "evals": 20}},
+              "lr_budget_m": 0.125, "reps": [("19.6k", 0.125), ("66.8k", 0.25)], "eval_batches": 8,
+              "measure": {"batch": 8, "probes": 4}, "spectrum_k": 10,
+              "bs": {"size": "19.6k", "batches": [4, 8, 32], "tokens_m": 0.125, "evals": 20, "lr_grid": None}},
     "full": {"sizes": ["19.6k", "66.8k", "114k", "356k", "820k", "2.71M"], "budgets_m": [0.25, 0.5, 1, 2, 4, 8],
-             "lrs": [3e-3, 6e-3, 1.2e-2], "lr_budget_m": 0.5, "reps": [("114k", 1), ("356k", 2)],
-             "eval_batches": 32, "measure": {"batch": 8, "probes": 4},
-             "bs": {"size": "356k", "batches": [4, 8, 16, 32, 64, 128], "tokens_m": 1.0, "evals": 30}},
+             "max_budget_m": {"820k": 2, "2.71M": 1},  # the 3-hour budget: a ragged grid at the two largest sizes
+             "lrs": [3e-3, 6e-3, 1.2e-2], "lr_budget_m": 0.25, "reps": [("114k", 1), ("356k", 2)],
+             "eval_batches": 32, "measure": {"batch": 8, "probes": 4}, "spectrum_k": 20,
+             "bs": {"size": "356k", "batches": [8, 16, 32, 64, 128], "tokens_m": 1.0, "evals": 30,
+                    "lr_grid": [0.5, 1.0, 2.0], "lr_tokens_m": 0.25}},
 }
-#: estimated seconds per 1k training tokens (context 128, quiet 2-core CPU, one thread) and per curvature product
-STEP_S = {"19.6k": 0.02, "66.8k": 0.027, "114k": 0.034, "356k": 0.055, "820k": 0.13, "2.71M": 0.4}
+#: estimated seconds per 1k training tokens (context 128, batch 16, one thread), measured 2026-12-02 on 39-step runs at
+#: load 1.5–2.8 of 2 cores (2.71M: 1.12 at load 4.7, halved); the previous guesses were 1.4–2.8× too low
+STEP_S = {"19.6k": 0.02, "66.8k": 0.03, "114k": 0.047, "356k": 0.106, "820k": 0.215, "2.71M": 0.6}
 TARGET_OFFSETS = (0.02, 0.08, 0.2)  # nats above the worst run's best loss: the batch sweep's loss targets
 N_BOOT = scaling.N_BOOT  # bootstrap refits of the fits (the tests lower it)
 GRID = scaling.HOFFMANN_GRID  # the fits' L-BFGS starts (the tests use a coarser grid)
@@ -160,6 +166,10 @@ def run_branch(params: dict, seed: int, workdir: Path, inputs: dict) -> dict:
     mb = fixed_batch(params["measure"]["batch"], BLOCK, seed)
     stable = {"loss": heldout_loss(model, params["eval_batches"]), "step": int(ckpt["step"]),
               **measure(model, opt, mb, seed, params["measure"]["probes"])}
+    if params.get("spectrum_k"):  # the top of the Fisher spectrum, for its tail exponent (exploratory)
+        top = eigsh(FisherOperator(model, mb), k=params["spectrum_k"] + 1, tol=1e-2,
+                    generator=torch.Generator().manual_seed(seed), residuals=False)
+        stable["fisher_top"] = [float(v) for v in top.values]
     cfg = _config(workdir, params["size"], stem["result"]["lr"], steps, stem["result"]["seed"], DECAY_FRACTION)
     res = run_training(cfg, start=start)
     return {"lr": stem["result"]["lr"], "stable": stable, **_final(workdir, res, params["eval_batches"], steps)}
@@ -181,12 +191,42 @@ def batch_config(params: dict, lr: float, seed: int, workdir: Path):
                    eval_batches=max(2, 64 // b), warmup=min(WARMUP, max(1, steps // 4)))
 
 
+def sqrt_rule_lr(inputs: dict, batch: int) -> float:
+    """The size's tuned lr η* (batch 16) scaled as η*·√(B/16), capped at 0.03."""
+    return min(0.03, _best_lr({n: r for n, r in inputs.items() if "/lr/" in n}) * math.sqrt(batch / BATCH))
+
+
+def run_batch_lr(params: dict, seed: int, workdir: Path, inputs: dict) -> dict:
+    """One point of a batch size's lr grid: the sweep arm's schedule at lr = m·η*·√(B/16), on ``lr_tokens_m``
+    tokens; scored by its final validation loss (a divergence scores inf)."""
+    lr = params["mult"] * sqrt_rule_lr(inputs, params["batch"])
+    cfg = batch_config({**params, "tokens_m": params["lr_tokens_m"]}, lr, seed, workdir)
+    try:
+        res = run_training(cfg)
+    except InfogeomError as exc:
+        return {"lr": lr, "loss": math.inf, "diverged": str(exc)}
+    return {"lr": lr, "loss": res["final_val_loss"] if math.isfinite(res["final_val_loss"]) else math.inf}
+
+
+def batch_lr(inputs: dict, batch: int) -> tuple[float, str]:
+    """(lr, "tuned") with the lowest loss among the batch size's ``run_batch_lr`` inputs, or (η*·√(B/16), "sqrt")
+    when it has none; an all-diverged grid is an :class:`InfogeomError`."""
+    grid = [r["result"] for n, r in inputs.items() if "/bslr/" in n]
+    if not grid:
+        return sqrt_rule_lr(inputs, batch), "sqrt"
+    ok = [(r["loss"], r["lr"]) for r in grid if math.isfinite(r["loss"])]
+    if not ok:
+        raise InfogeomError(f"E3: every lr of batch size {batch}'s grid diverged")
+    return min(ok)[1], "tuned"
+
+
 def run_batch(params: dict, seed: int, workdir: Path, inputs: dict) -> dict:
-    """Batch-size sweep arm: constant lr η·√(B/16) after the warmup, equal tokens; the validation curve."""
-    lr = min(0.03, _best_lr(inputs) * math.sqrt(params["batch"] / BATCH))
+    """Batch-size sweep arm: constant lr after the warmup, equal tokens; the validation curve. The lr is the best of
+    the batch size's own lr grid (``run_batch_lr`` cells, full profile) or, without one, the rule η*·√(B/16)."""
+    lr, rule = batch_lr(inputs, params["batch"])
     cfg = batch_config(params, lr, seed, workdir)
     res = run_training(cfg)
-    return {"batch": params["batch"], "lr": lr, "steps": cfg.max_steps, "curve": res["curve"],
+    return {"batch": params["batch"], "lr": lr, "lr_rule": rule, "steps": cfg.max_steps, "curve": res["curve"],
             "train_time": res["train_time"]}
 
 
@@ -197,6 +237,7 @@ def plan(profile: str) -> list[Cell]:
     startup = 3.0
     for size in p["sizes"]:
         tok_s = STEP_S[size] / 1000
+        budgets = [d for d in p["budgets_m"] if d <= p.get("max_budget_m", {}).get(size, math.inf)]
         lr_names = []
         for lr in p["lrs"]:
             name = f"e3/lr/{size}/{lr:g}"
@@ -205,18 +246,20 @@ def plan(profile: str) -> list[Cell]:
                                                            "eval_batches": ev, "pair_key": f"e3/{size}"},
                               priority=1, est_seconds=startup + p["lr_budget_m"] * 1e6 * tok_s))
         stem = f"e3/stem/{size}"
-        last = branch_start(steps_for(max(p["budgets_m"])))
-        cells.append(Cell("E3", stem, FN + "run_stem", {"size": size, "budgets_m": p["budgets_m"],
+        last = branch_start(steps_for(max(budgets)))
+        cells.append(Cell("E3", stem, FN + "run_stem", {"size": size, "budgets_m": budgets,
                                                          "pair_key": f"e3/{size}"}, priority=1,
                           est_seconds=startup + last * TOKENS_PER_STEP * tok_s, needs=tuple(lr_names)))
-        for d in p["budgets_m"]:
+        for d in budgets:
             cool = steps_for(d) - branch_start(steps_for(d))
+            spec = p["spectrum_k"] if d == max(budgets) else 0  # at the last stable checkpoint of the size
             cells.append(Cell("E3", f"e3/branch/{size}/{d:g}M", FN + "run_branch",
                               {"size": size, "tokens_m": d, "eval_batches": ev, "measure": meas,
-                               "pair_key": f"e3/{size}"}, priority=1 if d != min(p["budgets_m"]) else 2,
+                               "pair_key": f"e3/{size}", **({"spectrum_k": spec} if spec else {})},
+                              priority=1 if d != min(p["budgets_m"]) else 2,
                               est_seconds=startup + cool * TOKENS_PER_STEP * tok_s
-                              + (60 + 2 * meas["probes"] + meas["batch"]) * meas["batch"] * BLOCK * tok_s * 2,
-                              needs=(stem,)))
+                              + (60 + 2 * meas["probes"] + meas["batch"] + 3 * spec + 40 * bool(spec))
+                              * meas["batch"] * BLOCK * tok_s * 2, needs=(stem,)))
     for size, d in p["reps"]:
         for r in (1, 2):
             cells.append(Cell("E3", f"e3/rep/{size}/{d:g}M/r{r}", FN + "run_rep",
@@ -224,13 +267,20 @@ def plan(profile: str) -> list[Cell]:
                               replicate=r, priority=3, est_seconds=startup + d * 1e6 * STEP_S[size] / 1000,
                               needs=tuple(f"e3/lr/{size}/{lr:g}" for lr in p["lrs"])))
     bs = p["bs"]
+    lr_cells = tuple(f"e3/lr/{bs['size']}/{lr:g}" for lr in p["lrs"])
     for b in bs["batches"]:
         per_tok = STEP_S[bs["size"]] / 1000 * (1 + 8 / b)  # small batches pay the per-step overhead (measured)
-        cells.append(Cell("E3", f"e3/bs/{bs['size']}/B{b}", FN + "run_batch",
-                          {"size": bs["size"], "batch": b, "tokens_m": bs["tokens_m"], "evals": bs["evals"],
-                           "pair_key": "e3/bs"}, priority=4,
-                          est_seconds=startup + bs["tokens_m"] * 1e6 * per_tok * 1.3,
-                          needs=tuple(f"e3/lr/{bs['size']}/{lr:g}" for lr in p["lrs"])))
+        common = {"size": bs["size"], "batch": b, "evals": bs["evals"], "pair_key": "e3/bs"}
+        grid = []
+        for m in bs["lr_grid"] or ():
+            grid.append(f"e3/bslr/{bs['size']}/B{b}/x{m:g}")
+            cells.append(Cell("E3", grid[-1], FN + "run_batch_lr", {**common, "mult": m,
+                                                                     "lr_tokens_m": bs["lr_tokens_m"]},
+                              priority=4, est_seconds=startup + bs["lr_tokens_m"] * 1e6 * per_tok * 1.3,
+                              needs=lr_cells))
+        cells.append(Cell("E3", f"e3/bs/{bs['size']}/B{b}", FN + "run_batch", {**common, "tokens_m": bs["tokens_m"]},
+                          priority=4, est_seconds=startup + bs["tokens_m"] * 1e6 * per_tok * 1.3,
+                          needs=lr_cells + tuple(grid)))
     return cells
 
 
@@ -397,7 +447,8 @@ def _critical(sweep: list[dict], stable: list[dict], figdir: Path, figures: list
         return None
     worst = max(min(v for _, _, v in r["curve"]) for r in sweep)
     pts = sorted((r["stable"]["loss"], r["stable"]) for r in stable if r.get("stable"))
-    out = {"size": None, "targets": [], "runs": [{k: r[k] for k in ("batch", "lr", "steps")} for r in sweep]}
+    out = {"size": None, "targets": [], "runs": [{"batch": r["batch"], "lr": r["lr"], "steps": r["steps"],
+                                                  "lr_rule": r.get("lr_rule", "sqrt")} for r in sweep]}
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for j, off in enumerate(TARGET_OFFSETS):
         target = worst + off
@@ -458,6 +509,37 @@ def _curvature(runs: list[dict], figdir: Path, numbers: dict, tables: list, figu
     (figdir / "e3_curvature.json").write_text(json.dumps(numbers["curvature"], default=float))
 
 
+def _tail(runs: list[dict], fit: dict | None, figdir: Path, numbers: dict, tables: list, figures: list) -> None:
+    """Exploratory: the Fisher spectral tail exponent ν (λ_i ∝ i^−ν, Hill fit of the Lanczos top eigenvalues at the
+    last stable checkpoint of each size) beside the fitted exponents (Bahri et al. 2021: β ≈ ν − 1)."""
+    import matplotlib.pyplot as plt
+
+    tops = {r["params"]: r["stable"]["fisher_top"] for r in runs if r.get("stable", {}).get("fisher_top")}
+    if not tops:
+        return
+    fits = {n: scaling.spectral_tail_exponent(v) for n, v in sorted(tops.items())}
+    beta = fit["params"]["beta"] if fit else math.nan
+    alpha = fit["params"]["alpha"] if fit else math.nan
+    numbers["fisher_tail"] = {"per_size": {str(n): f.to_dict() for n, f in fits.items()}, "alpha": alpha,
+                              "beta": beta}
+    tables.append(("Fisher spectral tail exponent ν per size (λ_i ∝ i^−ν; Hill fit of the top Lanczos eigenvalues "
+                   "at the last stable checkpoint, exact Pareto CI) beside the fitted exponents (exploratory)",
+                   ["N", "top k", "ν", "ν − 1", "fitted β", "fitted α"],
+                   [[f"{n:,}", str(f.k), stats.fmt(f.nu), f"{f.nu.value - 1:.3g}", f"{beta:.3g}", f"{alpha:.3g}"]
+                    for n, f in fits.items()]))
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for i, (n, v) in enumerate(sorted(tops.items())):
+        lam = np.sort(np.asarray(v))[::-1]
+        ax.loglog(np.arange(1, lam.size + 1), lam, "o-", ms=3, color=f"C{i}", label=f"N = {n:,}: ν = "
+                  f"{fits[n].nu.value:.2f}")
+    ax.set(xlabel="rank i", ylabel="Fisher eigenvalue λ_i (per token)", title="Top of the Fisher spectrum")
+    ax.legend(fontsize=7)
+    figures.append((savefig(fig, figdir, "e3_fisher_tail.png"), "Rank-ordered top Fisher eigenvalues per size at the "
+                    "last stable checkpoint; ν from the Hill fit (exploratory, no verdict)."))
+    (figdir / "e3_fisher_tail.json").write_text(json.dumps({"tops": {str(n): v for n, v in tops.items()},
+                                                            "fits": numbers["fisher_tail"]}, default=float))
+
+
 def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
     branches = [r for c, r in results if c.fn.endswith("run_branch")]
     reps = [(c, r) for c, r in results if c.fn.endswith("run_rep")]
@@ -491,8 +573,12 @@ def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
     if crit:
         crit["size"] = size
         numbers["critical_batch"] = crit
+        tables.append((f"Batch-size sweep on {size}: the lr per batch size ('tuned': best of its own grid; 'sqrt': "
+                       "the untuned rule η*·√(B/16), quick profile)", ["B", "lr", "lr choice", "steps"],
+                       [[str(r["batch"]), f"{r['lr']:.3g}", r["lr_rule"], str(r["steps"])] for r in crit["runs"]]))
     claims += _noise_claims(branches, crit, smoke, figdir, numbers, figures)
     _curvature(branches, figdir, numbers, tables, figures)
+    _tail(branches, numbers.get("fit"), figdir, numbers, tables, figures)
     text = (f"{n_sizes} sizes × {n_budgets} token budgets, WSD cooldown branches from one stem per size; N = total "
             f"parameters. " + ("SMOKE TEST (quick profile): too few sizes and budgets for a falsifiable fit, every "
                                "verdict is inconclusive by rule; run --full for the real sweep." if smoke else ""))

@@ -7,22 +7,21 @@ its train loss — on fixed batches of the subset, checked every ``check_every``
 al.'s control: every model is compared at the same train loss) or ``max_steps`` (then ``reached`` is False and
 the run is left out of the correlations). Grid: lr (3 per optimizer) × batch × weight decay × {AdamW, SGD with
 momentum 0.9}; replicates (more seeds) on every k-th config (6 of 36 in full); all configs of a replicate share
-one initialization. The full profile's target (1.8 nats) and step cap are untested guesses (no full run yet).
+one initialization. The full profile's target (2.0 nats) and token cap (2.5M) are sized to the 3-hour budget from
+one measured full run (AdamW, batch 32: 1.79 nats after 1.5M tokens); SGD-m at 114k is untested at full size.
 
 Measures, at the stopped model, on one fixed batch of the subset (the same for every run): λ_max(H) (Lanczos),
-tr H and tr F (Hutchinson), SAM and ASAM ε-sharpness (ρ = 0.05 and 0.5, one ascent step), Fisher–Rao sharpness
-(:func:`fisher_rao`: the pencil H v = λ(K + δI)v on the Linear/Embedding weights with K = K-FAC's Fisher, MC labels
-from a fixed seed — its exact solves make it cheap, where CG solves with the exact Fisher took > 10 minutes per
-model; δ = 1e-4 dominates the value, which moves ~16× between δ = 1e-6 and 1e-4), ‖θ − θ₀‖, the noise scale B_simple
+tr H and tr F (Hutchinson), SAM and ASAM ε-sharpness (ρ = 0.05 and 0.5, one ascent step), the Fisher–Rao norm
+(:func:`fisher_rao_norm`, Liang et al. 2019: ‖θ‖²_FR = θᵀFθ with F the *exact* Fisher of the batch — one
+Fisher-vector product, no damping, no solve), ‖θ − θ₀‖, the noise scale B_simple
 (per-sequence gradients) and d_eff(λ) = tr F(F + λ)⁻¹ (SLQ, λ = 1e-3). Statistics: Kendall τ-b of each measure
 against the gap over configs with BCa CIs, and Jiang's granulated Ψ with a BCa CI from resampling configs.
 
 Dinh test: on one trained model (float64), the function-preserving rescalings of every attention block
 W_q ← αW_q, W_k ← W_k/α (q·k unchanged) and W_v ← αW_v, W_o ← W_o/α (biases of q, k, v alike): the logits must
 not change, λ_max(H) moves (the rescaling is linear, θ' = Sθ, so H ↦ S⁻¹HS⁻¹ exactly), while the Fisher–Rao
-sharpness (K-FAC's factors transform as G ↦ D⁻¹GD⁻¹, A ↦ DAD with the layer's output/input scaling D, so K ↦
-S⁻¹KS⁻¹ and the pencil's eigenvalues are invariant up to the damping) and ASAM with η = 0 (invariant to
-per-coordinate scaling) should not.
+norm (F ↦ S⁻¹FS⁻¹ and θ ↦ Sθ, so θᵀFθ is exactly invariant) and ASAM with η = 0 (invariant to per-coordinate
+scaling) should not.
 """
 
 from __future__ import annotations
@@ -38,15 +37,15 @@ import torch
 from ...curvature import (
     eigsh,
     epsilon_sharpness,
-    fisher_rao_sharpness,
     gradient_noise_scale,
     hutchinson,
     lanczos_quadrature,
 )
 from ...data import prepare_data
-from ...geometry import FisherOperator, HessianOperator, KFACOperator
+from ...geometry import FisherOperator, HessianOperator
+from ...geometry.functional import select_parameters
 from ...models.gpt import GPT, lm_loss
-from ...operators import rademacher
+from ...operators import flatten, rademacher
 from ...optim import build_optimizer
 from .. import stats
 from ..spec import Cell, Claim, Experiment, Section
@@ -58,25 +57,30 @@ FN = "infogeom.study.experiments.e4:"
 LRS = {"adamw": (3e-3, 1e-2, 3e-2), "sgd": (0.03, 0.1, 0.3)}
 MEASURES = ("lambda_max", "tr_H", "tr_F", "sam", "asam", "fisher_rao", "dist_init", "noise_b_simple", "d_eff")
 LABELS = {"lambda_max": "λ_max(H)", "tr_H": "tr H", "tr_F": "tr F", "sam": "SAM ε-sharpness",
-          "asam": "ASAM ε-sharpness", "fisher_rao": "Fisher–Rao sharpness", "dist_init": "‖θ − θ₀‖",
+          "asam": "ASAM ε-sharpness", "fisher_rao": "Fisher–Rao norm θᵀFθ", "dist_init": "‖θ − θ₀‖",
           "noise_b_simple": "noise scale B_simple", "d_eff": "d_eff(1e-3)"}
 AXES = ("lr", "batch", "wd", "optimizer")
 PROFILES = {
-    "quick": {"size": "19.6k", "chars": 20_000, "block": 64, "target": 2.36, "max_steps": 800, "check_every": 20,
-              "lr_idx": [1, 2], "batches": [8, 32], "wds": [0.0, 0.1], "optimizers": ["adamw"],
-              "replicated": 0, "seeds": 1, "measure_batch": 8, "probes": 4, "slq_steps": 12, "fr_matvecs": 100,
-              "dinh_alphas": [1.0, 3.0, 10.0], "tokens_to_target": 6e5},
-    "full": {"size": "114k", "chars": 200_000, "block": 64, "target": 1.8, "max_steps": 4000, "check_every": 50,
+    "quick": {"size": "19.6k", "chars": 20_000, "block": 64, "target": 2.5, "max_steps": 800, "check_every": 20,
+              "lr_idx": [1, 2], "batches": [8, 32], "wds": [0.0, 0.1], "optimizers": ["adamw", "sgd"],
+              "replicated": 0, "seeds": 1, "measure_batch": 8, "probes": 4, "slq_steps": 12,
+              "dinh_alphas": [1.0, 3.0, 10.0], "tokens_to_target": 4e5},
+    "full": {"size": "114k", "chars": 200_000, "block": 64, "target": 2.0, "max_steps": 4000, "check_every": 50,
              "lr_idx": [0, 1, 2], "batches": [8, 32, 128], "wds": [0.0, 0.1], "optimizers": ["adamw", "sgd"],
-             "replicated": 6, "seeds": 3, "measure_batch": 8, "probes": 8, "slq_steps": 24, "fr_matvecs": 200,
-             "dinh_alphas": [1.0, 1.5, 3.0, 10.0, 30.0], "tokens_to_target": 3e6},
+             "replicated": 6, "seeds": 3, "measure_batch": 8, "probes": 8, "slq_steps": 24,
+             "dinh_alphas": [1.0, 1.5, 3.0, 10.0, 30.0], "tokens_to_target": 1e6, "max_tokens": 2.5e6},
 }
-FR_DAMPING = 1e-4
-FR_MC_SAMPLES = 4
 MEASURE_SEED = 12345
-#: estimated seconds per 1k training tokens (quiet 2-core CPU) and per curvature product; ``tokens_to_target``: a
-#: guess at the tokens a batch-32 run needs to reach the target (measured ≈ 6e5 for the quick profile)
-STEP_S = {"19.6k": 0.015, "114k": 0.025}
+#: SGD's weight decay is coupled L2 (p ← p − η(g + λp)), amplified 1/(1 − β) = 10× by momentum 0.9 and applied at a
+#: 10× larger lr than AdamW's decoupled decay: λ_SGD = 0.01·λ gives the same per-step shrink at the middle lrs
+#: (measured: SGD at λ = 0.1 never reaches the quick target; at 0.001 it does, like λ = 0)
+SGD_WD_SCALE = 0.01
+#: estimated seconds per 1k training tokens (one thread, block 64) and per curvature product; ``tokens_to_target``:
+#: the tokens a batch-32 run needs to reach the target (quick: ≈ 4e5 measured; full: AdamW lr 1e-2 wd 0.1 reached
+#: 1.79 after 1.5M tokens in 192 s at load 6 ≈ 2.4× slowdown, so ≈ 1e6 at 2.0 is a guess); ``max_tokens`` caps
+#: every run (max_steps = min(max_steps, max_tokens / (batch·block))): a run that misses the target by then is
+#: dropped from the correlations and counted
+STEP_S = {"19.6k": 0.02, "114k": 0.05}
 MATVEC_S = {"19.6k": 0.03, "114k": 0.06}
 
 
@@ -103,7 +107,9 @@ def train_to_loss(params: dict, seed: int, data) -> tuple[torch.nn.Module, dict]
     """Train until the subset's train loss (8 fixed batches of 16) is ≤ ``target`` or ``max_steps``."""
     model = _gpt(params["size"], seed)
     opt_name, lr = params["optimizer"], LRS[params["optimizer"]][params["lr_idx"]]
-    opt = build_optimizer(opt_name, model, lr, params["wd"], **({"momentum": 0.9} if opt_name == "sgd" else {}))
+    sgd = opt_name == "sgd"
+    opt = build_optimizer(opt_name, model, lr, params["wd"] * (SGD_WD_SCALE if sgd else 1.0),
+                          **({"momentum": 0.9} if sgd else {}))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
     train_eval = fixed_batches(data, "train", 8, 16, params["block"], MEASURE_SEED + 1)
     val_eval = fixed_batches(data, "val", 8, 16, params["block"], MEASURE_SEED + 2)
@@ -138,7 +144,7 @@ def measure(model: torch.nn.Module, batch, theta0: list[torch.Tensor] | None, pa
            "tr_H": hutchinson(H, params["probes"], g).value, "tr_F": hutchinson(F, params["probes"], g).value,
            "sam": epsilon_sharpness(model, batch, rho=0.05).value,
            "asam": epsilon_sharpness(model, batch, rho=0.5, adaptive=True).value}
-    out["fisher_rao"], out["fisher_rao_converged"] = fisher_rao(model, batch, params["fr_matvecs"], 1e-3, g)
+    out["fisher_rao"] = fisher_rao_norm(model, batch)
     if theta0 is not None:
         out["dist_init"] = float(torch.sqrt(sum(((p.detach() - q) ** 2).sum() for p, q in
                                                 zip(model.parameters(), theta0))))
@@ -150,16 +156,14 @@ def measure(model: torch.nn.Module, batch, theta0: list[torch.Tensor] | None, pa
     return out
 
 
-def fisher_rao(model: torch.nn.Module, batch, max_matvecs: int, tol: float, g: torch.Generator
-               ) -> tuple[float, bool]:
-    """(λ_max of H v = λ (K + δI) v on the K-FAC-covered weights, converged); K's MC labels use a fixed seed, so
-    a function-preserving reparameterization sees the same labels."""
-    K = KFACOperator(model, batch, fisher="mc", mc_samples=FR_MC_SAMPLES,
-                     generator=torch.Generator().manual_seed(MEASURE_SEED))
-    H = HessianOperator(model, batch, names=K.names)
-    fr = fisher_rao_sharpness(H, K, damping=FR_DAMPING, tol=tol, generator=g, residuals=False,
-                              max_matvecs=max_matvecs)
-    return float(fr.values[0]), bool(fr.converged)
+def fisher_rao_norm(model: torch.nn.Module, batch) -> float:
+    """Liang et al. 2019's Fisher–Rao norm ‖θ‖²_FR = θᵀFθ = (1/N) Σ_n (J_nθ)ᵀ(diag p_n − p_n p_nᵀ)(J_nθ), F the exact
+    Fisher of ``batch`` (:class:`FisherOperator`, normalized like the mean token loss) over every trainable
+    parameter: one Fisher-vector product. Invariant under every function-preserving linear reparameterization
+    θ' = Sθ (F' = S⁻ᵀFS⁻¹), e.g. the attention rescalings of the Dinh test."""
+    F = FisherOperator(model, batch)
+    theta = flatten([p.detach() for p in select_parameters(model).values()]).to(F.dtype)
+    return float(theta @ F.matvec(theta))
 
 
 def measure_batch(data, params: dict):
@@ -229,10 +233,9 @@ def run_dinh(params: dict, seed: int, workdir: Path, inputs: dict) -> dict:
                 logit_err = float((model(batch[0]) - ref).abs().max() / ref.abs().max())
             g = torch.Generator().manual_seed(seed)
             H = HessianOperator(model, batch)
-            fr, conv = fisher_rao(model, batch, params["fr_matvecs"], 1e-4, g)
             rows.append({"kind": kind, "alpha": alpha, "logit_rel_err": logit_err,
                          "lambda_max": float(eigsh(H, k=1, tol=1e-4, generator=g, residuals=False).values[0]),
-                         "fisher_rao": fr, "fisher_rao_converged": conv,
+                         "fisher_rao": fisher_rao_norm(model, batch),
                          "sam": epsilon_sharpness(model, batch, rho=0.05).value,
                          "asam_eta0": epsilon_sharpness(model, batch, rho=0.5, adaptive=True, eta=0.0).value})
     return {"rows": rows}
@@ -253,24 +256,25 @@ def grid(profile: str) -> list[dict]:
 def plan(profile: str) -> list[Cell]:
     p = PROFILES[profile]
     shared = {k: p[k] for k in ("size", "chars", "block", "target", "max_steps", "check_every", "measure_batch",
-                                "probes", "slq_steps", "fr_matvecs")}
-    measure_s = MATVEC_S[p["size"]] * (40 + 3 * p["probes"] + p["slq_steps"] * p["probes"] + 3 * p["fr_matvecs"])
+                                "probes", "slq_steps")}
+    measure_s = MATVEC_S[p["size"]] * (42 + 3 * p["probes"] + p["slq_steps"] * p["probes"])
     cells = []
     configs = grid(profile)
     k = p["replicated"]
     replicated = {round(j * (len(configs) - 1) / max(1, k - 1)) for j in range(k)}  # spread over the grid
     for i, c in enumerate(configs):
         seeds = p["seeds"] if i in replicated else 1
+        steps = min(p["max_steps"], int(p.get("max_tokens", 1e12) // (c["batch"] * p["block"])))
         for r in range(seeds):
-            tokens = min(p["max_steps"] * c["batch"] * p["block"], p["tokens_to_target"] * max(1.0, c["batch"] / 32))
+            tokens = min(steps * c["batch"] * p["block"], p["tokens_to_target"] * max(1.0, c["batch"] / 32))
             est = 2.0 + measure_s + STEP_S[p["size"]] * tokens / 1000
             cells.append(Cell("E4", f"e4/train/{config_name(c)}/r{r}", FN + "run_config",
-                              {**shared, **c, "pair_key": "e4/train"}, replicate=r, priority=1 if r == 0 else 3,
+                              {**shared, **c, "max_steps": steps, "pair_key": "e4/train"}, replicate=r,
+                              priority=1 if r == 0 else 3,
                               est_seconds=est))
     src = f"e4/train/{config_name(configs[0])}/r0"
     cells.append(Cell("E4", "e4/dinh", FN + "run_dinh", {**shared, "alphas": p["dinh_alphas"]}, priority=2,
-                      needs=(src,), est_seconds=2.0 + 2 * len(p["dinh_alphas"]) * 2 * MATVEC_S[p["size"]] * (
-                          40 + 3 * p["fr_matvecs"])))
+                      needs=(src,), est_seconds=2.0 + 2 * len(p["dinh_alphas"]) * 2 * MATVEC_S[p["size"]] * 45))
     return cells
 
 
@@ -393,9 +397,9 @@ def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
     if dinh:
         _dinh_section(dinh[0], figdir, claims, figures, tables, numbers)
     quick = any(c.params.get("size") == PROFILES["quick"]["size"] for c, _ in cfg_runs)
-    text = (("Quick profile (smoke test): a 19.6k GPT on 20k characters, 8 AdamW configs, 1 seed; the τ/Ψ CIs are "
-             "wide at this size." if quick else "Full profile: a 114k GPT on 200k characters, 36 configs, 3 seeds "
-             "on 6 of them.") + f" Runs that missed the target train loss: {dropped} (left out).")
+    text = (("Quick profile (smoke test): a 19.6k GPT on 20k characters, 16 configs (AdamW and SGD-m), 1 seed; "
+             "the τ/Ψ CIs are wide at this size." if quick else "Full profile: a 114k GPT on 200k characters, 36 "
+             "configs, 3 seeds on 6 of them.") + f" Runs that missed the target train loss: {dropped} (left out).")
     return Section("E4", EXPERIMENT.title, claims, figures, tables, numbers, text)
 
 
@@ -436,11 +440,11 @@ def _dinh_section(r: dict, figdir: Path, claims, figures, tables, numbers) -> No
     err = max(x["logit_rel_err"] for x in rows)
     numbers["dinh_spread"] = {"lambda_max": lam, "fisher_rao": fr, "asam_eta0": asam, "logit_rel_err": err}
     claims.append(Claim(
-        "E4.5", "Raw sharpness is reparameterizable; Fisher–Rao sharpness is not (Dinh test, measured)",
+        "E4.5", "Raw sharpness is reparameterizable; the Fisher–Rao norm is not (Dinh test, measured)",
         "consistent" if err <= 1e-9 and lam >= 2 and fr <= 1.05 else
         "inconsistent" if err <= 1e-9 and (lam < 1.05 or fr >= lam) else "inconclusive",
         f"max/min over α: λ_max {lam:.3g}×, Fisher–Rao {fr:.3g}×, ASAM(η=0) {asam:.3g}×; logits change ≤ {err:.1e}",
-        "λ_max moves under function-preserving rescalings; Fisher–Rao does not", "Dinh et al. 2017",
+        "λ_max moves under function-preserving rescalings; the Fisher–Rao norm does not", "Dinh et al. 2017",
         "consistent if logits change ≤ 1e-9 (relative), λ_max moves ≥ 2× and Fisher–Rao ≤ 5%; inconsistent if "
         "λ_max does not move (< 5%) or Fisher–Rao moves as much"))
     fig, ax = plt.subplots(figsize=(6, 4))
