@@ -12,8 +12,8 @@ from infogeom.models import toy
 from infogeom.study.experiments import MODULES, e1, e2, e5
 from infogeom.study.spec import Cell
 
-BUDGET_QUICK = {"E1": 180, "E2": 90, "E5": 60}
-BUDGET_FULL = {"E1": 27 * 60, "E2": 8 * 60, "E5": 12 * 60}
+BUDGET_QUICK = {"E1": 180, "E2": 90, "E4": 330, "E5": 60, "E6": 200}
+BUDGET_FULL = {"E1": 27 * 60, "E2": 8 * 60, "E4": 12_000, "E5": 12 * 60, "E6": 4_000}
 
 
 def _logreg(seed=0, n=300):
@@ -181,7 +181,7 @@ def test_density_summary():
     assert s["q90"] == 0.5 and s["outlier_ratio"] == pytest.approx(40.0)
 
 
-@pytest.mark.parametrize("eid", ["E1", "E2", "E5"])
+@pytest.mark.parametrize("eid", list(BUDGET_QUICK))
 def test_plans_are_consistent_and_within_budget(eid):
     exp = importlib.import_module(f"infogeom.study.experiments.{MODULES[eid]}").EXPERIMENT
     for profile, budget in (("quick", BUDGET_QUICK), ("full", BUDGET_FULL)):
