@@ -39,7 +39,16 @@ import torch
 from matplotlib.figure import Figure
 from torch.func import grad, jvp
 
-from infogeom.curvature import broaden, eigsh, hutchinson, js_distance, power_iteration, spectral_density
+from infogeom.curvature import (
+    adaptive_spectral_density,
+    broaden,
+    eigsh,
+    hutchinson,
+    js_distance,
+    power_iteration,
+    spectral_density,
+    xtrace,
+)
 from infogeom.curvature.density import default_grid, default_sigma
 from infogeom.data import prepare_data
 from infogeom.geometry import FiniteDifferenceHessian, HessianOperator
@@ -132,6 +141,10 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="small model, one repeat (for CI / loaded machines)")
     p.add_argument("--tol", type=float, default=1e-3)
     p.add_argument("--probes", type=int, default=64, help="Hutchinson probes (both)")
+    p.add_argument("--rtol", type=float, default=0.01, help="relative SE of the equal-accuracy trace (1%%)")
+    p.add_argument("--max-products", type=int, default=512, help="budget of the adaptive XTrace")
+    p.add_argument("--density-tol", type=float, default=0.0,
+                   help="L1 tolerance of the adaptive density (default: the peers' measured L1)")
     p.add_argument("--slq-probes", type=int, default=4)
     p.add_argument("--slq-steps", type=int, default=48)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -377,6 +390,37 @@ def main() -> None:
             "same probes count",
         )
     )
+    # equal accuracy: relative SE ``--rtol``. Ours: adaptive XTrace (timed). PyHessian (Hutchinson): the probes
+    # its measured per-probe sd needs, at its measured time per probe (projected). eigenthings: its Hutch++
+    # with our product count (timed); if its SE is above ours, the products it would need are projected by
+    # SE ∝ 1/m (the fastest Hutch++ rate, so the projection favours the peer).
+    xt, t_xt = timed(lambda: xtrace(op(), 32, torch.Generator().manual_seed(args.seed), rtol=args.rtol,
+                                    max_probes=args.max_products), args.repeats)
+    target = args.rtol * abs(xt.value)
+    ph_needed = math.ceil((float(samples.std(ddof=1)) / target) ** 2)
+    t_ph_eq = ph_needed * t_ph_tr / args.probes
+    hpp, t_hpp = timed(lambda: he.hutch_plus_plus(eigenthings_hessian(model, batch), num_matvecs=xt.num_probes,
+                                                  seed=args.seed), args.repeats)
+    he_scale = max(1.0, hpp.stderr / target)
+    record["trace_equal_accuracy"] = {
+        "rtol": args.rtol, "ours": xt.value, "ours_se": xt.stderr, "ours_products": xt.num_probes,
+        "time_ours": t_xt, "pyhessian_probes_needed": ph_needed, "time_pyhessian_projected": t_ph_eq,
+        "eigenthings_hutchpp": hpp.estimate, "eigenthings_hutchpp_se": hpp.stderr,
+        "time_eigenthings_hutchpp": t_hpp, "time_eigenthings_projected": t_hpp * he_scale,
+    }
+    rows.append(
+        (
+            f"trace, {100 * args.rtol:g}% rel. SE",
+            f"{xt.value:.5g} ± {xt.stderr:.2g}",
+            f"{ph_needed} probes",
+            f"{hpp.estimate:.5g} ± {hpp.stderr:.2g}",
+            "equal accuracy",
+            f"{t_xt / t_ph_eq:.2f}",
+            f"{t_xt / (t_hpp * he_scale):.2f}",
+            f"XTrace {xt.num_probes} products; PyHessian projected from its per-probe sd and time; eigenthings "
+            f"Hutch++ at our products{' ×' + format(he_scale, '.2f') + ' (SE ∝ 1/m)' if he_scale > 1 else ''}",
+        )
+    )
 
     # --- density -------------------------------------------------------------------------------------------
     sd, t_sd = timed(
@@ -425,6 +469,45 @@ def main() -> None:
             f"{t_sd / t_ph_sd:.2f}",
             f"{t_sd / t_he_sd:.2f}",
             "moments = tr(H^k)/P estimates",
+        )
+    )
+
+    # equal accuracy: each fixed n × m density's L1 distance to the pool of the *other* runs (one grid and σ)
+    # measures its accuracy; our adaptive split then gets that L1 as its target (``--density-tol``, default:
+    # the peers' median; the split stops when each error estimate is below half of it), budget 2 n m
+    he_nodes = torch.as_tensor(he_sd.raw_eigenvalues, dtype=torch.float64)
+    he_weights = torch.as_tensor(he_sd.raw_weights, dtype=torch.float64)
+    runs = {"ours": (sd.nodes, sd.weights), "pyhessian": (nodes_ph, weights_ph), "eigenthings": (he_nodes, he_weights)}
+    step = float(grid[1] - grid[0])
+
+    def l1_to_others(nodes, weights, exclude):
+        others = [v for k, v in runs.items() if k != exclude]
+        pool = broaden(torch.cat([n for n, _ in others]), torch.cat([w for _, w in others]), grid, sigma)
+        return float((broaden(nodes, weights, grid, sigma) - pool).abs().sum() * step)
+
+    l1 = {k: l1_to_others(*v, exclude=k) for k, v in runs.items()}
+    density_tol = args.density_tol or statistics.median([l1["pyhessian"], l1["eigenthings"]])
+    ad, t_ad = timed(lambda: adaptive_spectral_density(op(), tol=density_tol,
+                                                       max_products=2 * args.slq_probes * args.slq_steps,
+                                                       generator=torch.Generator().manual_seed(args.seed)),
+                     args.repeats)
+    l1["adaptive"] = l1_to_others(ad.density.nodes, ad.density.weights, exclude=None)
+    record["density_equal_accuracy"] = {
+        "tol": density_tol, "products": ad.products, "depth": ad.density.nodes.shape[1],
+        "probes": ad.density.nodes.shape[0], "quadrature_change": ad.quadrature_change,
+        "probe_stderr": ad.probe_stderr, "l1_to_pool": l1, "time_ours": t_ad,
+    }
+    rows.append(
+        (
+            "density, adaptive split",
+            f"{ad.density.nodes.shape[0]}×{ad.density.nodes.shape[1]}, L1 {l1['adaptive']:.1e}",
+            f"L1 {l1['pyhessian']:.1e}",
+            f"L1 {l1['eigenthings']:.1e}",
+            f"ours {args.slq_probes}×{args.slq_steps}: L1 {l1['ours']:.1e}",
+            f"{t_ad / t_ph_sd:.2f}",
+            f"{t_ad / t_he_sd:.2f}",
+            f"tol {density_tol:.1e}: {ad.products} products vs {args.slq_probes * args.slq_steps}; L1 to the "
+            "pool of the other runs",
         )
     )
 

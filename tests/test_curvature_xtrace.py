@@ -10,7 +10,7 @@ from conftest import random_batch, tiny_gpt
 from test_curvature_coverage import MATRICES, coverage
 from test_hessian_operator import dense_hessian
 
-from infogeom.curvature import diagonal, hutchpp, xdiag, xtrace
+from infogeom.curvature import diagonal, hutchinson, hutchpp, xdiag, xtrace
 from infogeom.errors import InfogeomError
 from infogeom.geometry import HessianOperator
 from infogeom.operators import DenseOperator, rademacher
@@ -18,10 +18,13 @@ from infogeom.operators import DenseOperator, rademacher
 F64 = torch.float64
 
 
-def brute_force(A: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def brute_force(A: torch.Tensor, k: int, seed: int, blocks: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean over i of tr(P_i A P_i) + ω_iᵀ(I−P_i)A(I−P_i)ω_i and of diag(P_i A) + ω_i ⊙ (I−P_i)Aω_i, with
-    P_i the orthogonal projector on range(A Ω_{−i}) from a fresh QR (Ω drawn as the library draws it)."""
-    omega = rademacher((A.shape[0], k), A.dtype, A.device, torch.Generator().manual_seed(seed))
+    P_i the orthogonal projector on range(A Ω_{−i}) from a fresh QR (Ω drawn as the library draws it: k
+    columns, then ``blocks`` more columns per growth step)."""
+    g = torch.Generator().manual_seed(seed)
+    omega = torch.cat([rademacher((A.shape[0], n), A.dtype, A.device, g) for n in (k, *blocks)], 1)
+    k = omega.shape[1]
     eye = torch.eye(A.shape[0], dtype=A.dtype)
     traces, diags = [], []
     for i in range(k):
@@ -41,6 +44,41 @@ def test_closed_form_leave_one_out_equals_brute_force(matrix):
     est = xdiag(DenseOperator(A), 20, torch.Generator().manual_seed(5))
     torch.testing.assert_close(est.value, diag, rtol=1e-9, atol=1e-9)
     assert est.num_probes == 20
+
+
+@pytest.mark.parametrize("matrix", list(MATRICES))
+def test_grown_sketch_equals_the_one_shot_xtrace_of_all_its_columns(matrix):
+    """Appending columns by block Gram–Schmidt (adaptive XTrace) gives the XTrace of the concatenated Ω."""
+    from infogeom.curvature import trace as trace_module
+
+    A, g = MATRICES[matrix], torch.Generator().manual_seed(9)
+    sketch = trace_module._exchangeable_sketch(DenseOperator(A), 12, g)
+    sketch = trace_module._exchangeable_sketch(DenseOperator(A), 8, g, sketch)
+    sketch = trace_module._exchangeable_sketch(DenseOperator(A), 10, g, sketch)
+    trace, _ = brute_force(A, 6, seed=9, blocks=(4, 5))
+    assert trace_module._xtrace(sketch)[0] == pytest.approx(float(trace), rel=1e-10)
+    Omega, Q, R, Z = sketch
+    torch.testing.assert_close(Q @ R, A @ Omega, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(Q.T @ Q, torch.eye(15, dtype=F64), rtol=0, atol=1e-12)
+    assert torch.equal(R, R.triu())
+
+
+@pytest.mark.parametrize("matrix", list(MATRICES))
+def test_adaptive_xtrace_meets_its_target_and_keeps_its_coverage(matrix):
+    """Stopped at SE ≤ 2%·|trace|, the estimate's ±2 SE still cover the trace ≥ 95% of the time, with fewer
+    products than adaptive Hutchinson and Hutch++ need for the same target (measured: 70/140/130 products on
+    the PSD matrix, 64/≥2000/690 on the indefinite one, 16/940/180 on low rank + noise)."""
+    A = MATRICES[matrix]
+    op, g, truth = DenseOperator(A), torch.Generator().manual_seed(4), float(A.trace())
+    est = [xtrace(op, 8, g, rtol=0.02, max_probes=90) for _ in range(100)]
+    err = torch.tensor([e.value - truth for e in est])
+    se = torch.tensor([e.stderr for e in est])
+    assert all(e.stderr <= 0.02 * abs(e.value) for e in est)
+    assert float((err.abs() <= 2 * se).double().mean()) >= 0.95
+    products = sum(e.num_probes for e in est) / len(est)
+    for peer in (hutchinson, hutchpp):
+        needed = sum(peer(op, 12, g, rtol=0.02, max_probes=2000).num_probes for _ in range(20)) / 20
+        assert products < needed, (peer.__name__, products, needed)
 
 
 def test_xtrace_and_xdiag_beat_hutchpp_and_hutchinson_at_equal_products_on_a_decaying_spectrum():

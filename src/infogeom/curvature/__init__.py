@@ -3,7 +3,7 @@ dense): eigenpairs, traces, spectral densities, per-block spectra, sharpness, gr
 landscapes, and a training-time :class:`CurvatureMonitor`."""
 
 from .blocks import GRANULARITIES, BlockSpectra, block_spectra, js_distance, parameter_blocks
-from .density import SpectralDensity, broaden, spectral_density
+from .density import AdaptiveDensity, SpectralDensity, adaptive_spectral_density, broaden, spectral_density
 from .effdim import effective_dimension
 from .lanczos import EigenResult, eigsh, generalized_eigsh, lanczos_quadrature
 from .landscape import (
@@ -78,4 +78,6 @@ __all__ = [
     "slice_1d",
     "slice_2d",
     "spectral_density",
+    "adaptive_spectral_density",
+    "AdaptiveDensity",
 ]

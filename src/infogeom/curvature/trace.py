@@ -155,20 +155,36 @@ def hutchpp(
     return TraceEstimate(float(low_rank + rest.mean()), float(standard_error(rest)), spent + len(rest), "hutch++")
 
 
-def _exchangeable_sketch(op: CurvatureOperator, num_probes: int, generator: torch.Generator | None):
-    """(Ω, Q, R, Z = AQ) of XTrace/XDiag from 2k = ``num_probes`` products (see the module docstring)."""
+def _exchangeable_sketch(op: CurvatureOperator, num_probes: int, generator: torch.Generator | None,
+                         sketch: tuple | None = None):
+    """(Ω, Q, R, Z = AQ) of XTrace/XDiag from 2k = ``num_probes`` products (see the module docstring); given
+    an earlier ``sketch``, k more columns are appended: Y₂ = AΩ₂ is orthogonalized against Q by block
+    Gram–Schmidt twice (Y₂ = Q R₁₂ + Q₂ R₂₂), so R stays upper triangular and only Z₂ = AQ₂ is new."""
     _check(num_probes, 4)
     k = int(num_probes) // 2
-    if k >= op.dim:
+    total = k + (0 if sketch is None else sketch[0].shape[1])
+    if total >= op.dim:
         raise InfogeomError(f"XTrace/XDiag need fewer than {2 * op.dim} products for dimension {op.dim}, "
-                            f"got {num_probes}")
-    Omega = rademacher((op.dim, k), op.dtype, op.device, generator)
-    Q, R = torch.linalg.qr(op.matmat(Omega))
+                            f"got {2 * total}")
+    Omega2 = rademacher((op.dim, k), op.dtype, op.device, generator)
+    Y = op.matmat(Omega2)
+    if sketch is None:
+        Omega, (Q, R) = Omega2, torch.linalg.qr(Y)
+        Z = op.matmat(Q)
+    else:
+        Omega0, Q0, R0, Z0 = sketch
+        R12 = Q0.T @ Y
+        Y = Y - Q0 @ R12
+        again = Q0.T @ Y
+        R12, Y = R12 + again, Y - Q0 @ again
+        Q2, R22 = torch.linalg.qr(Y)
+        Omega, Q, Z = torch.cat([Omega0, Omega2], 1), torch.cat([Q0, Q2], 1), torch.cat([Z0, op.matmat(Q2)], 1)
+        R = torch.cat([torch.cat([R0, R12], 1), torch.cat([R12.new_zeros(k, R0.shape[1]), R22], 1)], 0)
     r = R.diagonal().abs()
     if not bool(torch.isfinite(r).all()) or float(r.min()) <= math.sqrt(torch.finfo(R.dtype).eps) * float(r.max()):
         raise InfogeomError("XTrace/XDiag: the sketch AΩ is rank deficient (the operator's numerical rank is "
                             "below the probe count); use hutchpp")
-    return Omega, Q, R, op.matmat(Q)
+    return Omega, Q, R, Z
 
 
 def _loo_basis(R: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -195,17 +211,9 @@ def _xtrace_estimates(H: torch.Tensor, W: torch.Tensor, R: torch.Tensor) -> torc
             + c**2 * sHs)
 
 
-def xtrace(op: CurvatureOperator, num_probes: int = 48, generator: torch.Generator | None = None) -> TraceEstimate:
-    """XTrace estimate of tr(A) from ``num_probes`` products (rounded down to even): the mean of k = m/2
-    exchangeable leave-one-out Hutch++ estimates.
-
-    Standard error by the jackknife over the k columns of Ω: T_{(−j)}, the XTrace of the k − 1 other columns,
-    needs no new product (range(AΩ_{−j}) ⊂ range(Q): with R_{−j} = C_j R'_j, its basis is Q C_j and
-    A Q C_j = Z C_j), and Var ≈ (k−1)/k Σ_j (T_{(−j)} − T̄)². It is conservative (Efron–Stein): measured on
-    P = 400 matrices it is 1.1–2× the actual RMS error (2-SE coverage 95–100%; 1.5–3× at k = P/4). The naive
-    sd/√k of the k correlated estimates is too short: the RMS error is 1.05–1.2× it at P = 400 (89–92%
-    coverage), up to 1.7× at k = P/4 (76–82%)."""
-    Omega, Q, R, Z = _exchangeable_sketch(op, num_probes, generator)
+def _xtrace(sketch: tuple) -> tuple[float, float]:
+    """(XTrace estimate, jackknife standard error) of a sketch (Ω, Q, R, Z)."""
+    Omega, Q, R, Z = sketch
     H = Q.T @ Z
     H = (H + H.T) / 2
     W = Q.T @ Omega
@@ -215,7 +223,34 @@ def xtrace(op: CurvatureOperator, num_probes: int = 48, generator: torch.Generat
         C, Rj, keep = _loo_basis(R, j)
         loo.append(_xtrace_estimates(C.T @ H @ C, C.T @ W[:, keep], Rj).mean())
     stderr = math.sqrt(_jackknife_variance(torch.stack(loo))) * t_factor(k)
-    return TraceEstimate(float(_xtrace_estimates(H, W, R).mean()), stderr, 2 * k, "xtrace")
+    return float(_xtrace_estimates(H, W, R).mean()), stderr
+
+
+def xtrace(op: CurvatureOperator, num_probes: int = 48, generator: torch.Generator | None = None,
+           rtol: float | None = None, max_probes: int = 1024) -> TraceEstimate:
+    """XTrace estimate of tr(A) from ``num_probes`` products (rounded down to even): the mean of k = m/2
+    exchangeable leave-one-out Hutch++ estimates.
+
+    Standard error by the jackknife over the k columns of Ω: T_{(−j)}, the XTrace of the k − 1 other columns,
+    needs no new product (range(AΩ_{−j}) ⊂ range(Q): with R_{−j} = C_j R'_j, its basis is Q C_j and
+    A Q C_j = Z C_j), and Var ≈ (k−1)/k Σ_j (T_{(−j)} − T̄)². It is conservative (Efron–Stein): measured on
+    P = 400 matrices it is 1.1–2× the actual RMS error (2-SE coverage 95–100%; 1.5–3× at k = P/4). The naive
+    sd/√k of the k correlated estimates is too short: the RMS error is 1.05–1.2× it at P = 400 (89–92%
+    coverage), up to 1.7× at k = P/4 (76–82%).
+
+    With ``rtol`` (adaptive): the sketch grows, reusing every product, until SE ≤ rtol·|estimate| or
+    ``max_probes`` products. Each growth step asks for the columns that SE ∝ 1/√k predicts (a decaying
+    spectrum converges faster, so this overshoots rarely), between 8 more and twice as many; the
+    conservative jackknife keeps the stopped estimate's 2-SE coverage (tested)."""
+    sketch = _exchangeable_sketch(op, num_probes, generator)
+    value, stderr = _xtrace(sketch)
+    while rtol is not None and stderr > rtol * abs(value) and 2 * sketch[0].shape[1] + 8 <= max_probes:
+        k = sketch[0].shape[1]
+        wanted = math.ceil(k * (stderr / (rtol * abs(value))) ** 2) if value != 0 else 2 * k
+        more = min(max(wanted - k, 4), k, (max_probes - 2 * k) // 2)
+        sketch = _exchangeable_sketch(op, 2 * more, generator, sketch)
+        value, stderr = _xtrace(sketch)
+    return TraceEstimate(value, stderr, 2 * sketch[0].shape[1], "xtrace")
 
 
 def _jackknife_variance(loo: torch.Tensor) -> torch.Tensor | float:

@@ -45,7 +45,7 @@ class HessianOperator(CurvatureOperator):
                                      is_grads_batched=True)
             return torch.cat([(torch.zeros(V.shape[1], p.numel(), dtype=V.dtype, device=V.device) if h is None
                                else h.reshape(V.shape[1], -1)) for h, p in zip(hv, inputs)], dim=1).T
-        return torch.stack([self._column(v) for v in V.T], dim=1)
+        return torch.stack([self._column(v) for v in V.T.contiguous()], dim=1)  # contiguous grad_outputs
 
     def _column(self, v: torch.Tensor) -> torch.Tensor:
         hv = torch.autograd.grad(self._grad, list(self._params.values()), grad_outputs=unflatten(v, self.shapes),
