@@ -16,8 +16,10 @@ One fixed batch (``--batch`` × 64 tokens) per model. Quantities, ours vs hessia
   fixed-step ``he.lanczos`` runs that meet the tolerance (see ``benchmarks/curvature.py``); error against our
   Lanczos at tol 1e-8 (untimed);
 - ``hutchinson``: the Hutchinson trace with the same ``--probes`` Rademacher probes for both;
-- ``trace``: equal accuracy — our adaptive Hutch++ stopped at the relative standard error that
-  ``he.hutchinson`` reached with ``--probes`` probes, against that ``he.hutchinson`` run;
+- ``trace``: equal accuracy — our adaptive XTrace stopped at the relative standard error that
+  ``he.hutchinson`` reached with ``--probes`` probes, against that ``he.hutchinson`` run; ``hutch++``:
+  ``he.hutch_plus_plus`` (the peer's best trace estimator) with our XTrace's product count, its naive SE
+  beside our jackknife SE (which is conservative, 1.1–2× the actual error);
 - ``density``: SLQ with ``--slq-probes`` × ``--slq-steps`` for both (first two moments compared).
 
 Each (model, library, quantity) runs in a fresh process so that its peak resident memory (``ru_maxrss`` minus
@@ -48,7 +50,7 @@ RESULTS = Path(__file__).parent / "results"
 #: name -> (family, vocabulary, width, layers)
 MODELS = {"gpt2": ("gpt2", 256, 32, 2), "llama": ("llama", 256, 32, 2), "llama-large": ("llama", 4096, 128, 4)}
 LIBRARIES = ("infogeom", "eigenthings")
-QUANTITIES = ("lambda_max", "hutchinson", "trace", "density")
+QUANTITIES = ("lambda_max", "hutchinson", "trace", "hutch++", "density")
 BLOCK = 64
 
 
@@ -97,7 +99,7 @@ def measure(name: str, library: str, quantity: str, args: argparse.Namespace) ->
     from curvature_scaling import _rss_mb
     from peers.eigenthings_compat import eigenthings_hessian
 
-    from infogeom.curvature import eigsh, hutchinson, hutchpp, spectral_density
+    from infogeom.curvature import eigsh, hutchinson, spectral_density, xtrace
     from infogeom.geometry import HessianOperator
     from infogeom.models.hf import inspect_checkpoint, load_pretrained
 
@@ -117,7 +119,7 @@ def measure(name: str, library: str, quantity: str, args: argparse.Namespace) ->
             est = hutchinson(op, args.probes, gen)
             out.update(value=est.value, stderr=est.stderr, products=est.num_probes)
         elif quantity == "trace":
-            est = hutchpp(op, 48, gen, rtol=args.rtol, max_probes=args.max_probes)
+            est = xtrace(op, 32, gen, rtol=args.rtol, max_probes=args.max_probes)
             out.update(value=est.value, stderr=est.stderr, products=est.num_probes)
         else:
             sd = spectral_density(op, args.slq_probes, args.slq_steps, generator=gen)
@@ -128,6 +130,9 @@ def measure(name: str, library: str, quantity: str, args: argparse.Namespace) ->
             out.update(value=value, products=steps)
         elif quantity == "hutchinson":  # also the equal-accuracy reference of our "trace"
             est = he.hutchinson(eigenthings_hessian(model, batch), num_samples=args.probes, seed=args.seed)
+            out.update(value=est.estimate, stderr=est.stderr, products=args.probes)
+        elif quantity == "hutch++":  # at our XTrace's products (passed as --probes)
+            est = he.hutch_plus_plus(eigenthings_hessian(model, batch), num_matvecs=args.probes, seed=args.seed)
             out.update(value=est.estimate, stderr=est.stderr, products=args.probes)
         else:
             sd = he.spectral_density(eigenthings_hessian(model, batch), num_runs=args.slq_probes,
@@ -145,9 +150,11 @@ def measure(name: str, library: str, quantity: str, args: argparse.Namespace) ->
             "peak_extra_mb": max(peak - base, 0.0), **out}
 
 
-def run(name: str, library: str, quantity: str, path: Path, args: argparse.Namespace, rtol: float) -> dict:
+def run(name: str, library: str, quantity: str, path: Path, args: argparse.Namespace, rtol: float,
+        probes: int | None = None) -> dict:
     settings = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
-                ("tol", "probes", "max_probes", "slq_probes", "slq_steps", "batch", "threads", "seed")]
+                ("tol", "max_probes", "slq_probes", "slq_steps", "batch", "threads", "seed")]
+    settings.append(f"--probes={probes or args.probes}")
     cmd = [sys.executable, __file__, "--one", name, library, quantity, f"--path={path}", f"--rtol={rtol}", *settings]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
@@ -185,7 +192,7 @@ def main() -> None:
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
     p.add_argument("--tol", type=float, default=1e-3, help="λ_max relative residual tolerance (both)")
     p.add_argument("--probes", type=int, default=64, help="Hutchinson probes (both)")
-    p.add_argument("--max-probes", type=int, default=2048, help="cap of our adaptive Hutch++")
+    p.add_argument("--max-probes", type=int, default=1024, help="cap of our adaptive XTrace's products")
     p.add_argument("--slq-probes", type=int, default=4)
     p.add_argument("--slq-steps", type=int, default=32)
     p.add_argument("--batch", type=int, default=8, help="sequences of 64 tokens in the fixed batch")
@@ -212,14 +219,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hf-curvature-") as tmp:
         for name in names:
             path = prepare(name, Path(tmp), args.train_steps, args.seed)
-            peer_rse = 0.0
+            peer_rse, xtrace_products = 0.0, 0
             for q in QUANTITIES:
-                for lib in ("eigenthings", "infogeom"):  # the peer first: its trace SE is our target
+                # the peer first: its trace SE is our target; its Hutch++ gets our XTrace's products
+                for lib in ("eigenthings", "infogeom") if q != "hutch++" else ("infogeom", "eigenthings"):
                     if lib == "eigenthings" and q == "trace":  # the same run as its Hutchinson
                         r = {**next(r for r in records if r["model"] == name and r["library"] == lib
                                     and r["quantity"] == "hutchinson"), "quantity": q}
+                    elif lib == "infogeom" and q == "hutch++":  # our XTrace run again, set beside its Hutch++
+                        r = {**next(r for r in records if r["model"] == name and r["library"] == lib
+                                    and r["quantity"] == "trace"), "quantity": q}
                     else:
-                        r = run(name, lib, q, path, args, peer_rse)
+                        r = run(name, lib, q, path, args, peer_rse, xtrace_products if q == "hutch++" else None)
+                    if lib == "infogeom" and q == "trace":
+                        xtrace_products = r["products"]
                     if lib == "eigenthings" and q == "hutchinson":
                         peer_rse = r["stderr"] / abs(r["value"])
                     records.append(r)
