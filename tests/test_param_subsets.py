@@ -258,3 +258,46 @@ def test_lora_config_errors(hf_root, tmp_path):
     with pytest.raises(InfogeomError, match="only available for model.arch 'hf' or 'hf-gpt2'"):
         load_config(None, ["model.lora_r=4"])
     assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture(scope="module")
+def lora_families(tmp_path_factory) -> Path:
+    pytest.importorskip("peft")
+    base = tmp_path_factory.mktemp("hf-lora-families")
+    for family in ("neox", "llama"):
+        make_checkpoint(base, family)
+    return base
+
+
+#: PEFT's default LoRA targets of the family (model.lora_targets = ''): the attention projections it names
+DEFAULT_TARGETS = {"neox": {"query_key_value"}, "llama": {"q_proj", "v_proj"}}
+
+
+@pytest.mark.parametrize("family", sorted(DEFAULT_TARGETS))
+def test_lora_on_neox_and_llama_trains_only_adapters_of_the_default_targets(lora_families, tmp_path, family):
+    from test_hf_checkpoints import run_config
+
+    def cfg(out):
+        return run_config(lora_families, family, out, "kfac", **{"model.lora_r": 2, "model.lora_alpha": 4})
+
+    straight = train(cfg(tmp_path / "a"))
+    train(cfg(tmp_path / "b"), callbacks=[StopAt(2)])
+    second = train(cfg(tmp_path / "b"), resume="latest")
+    a, b = load_checkpoint(straight.checkpoint), load_checkpoint(second.checkpoint)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # bit-exact resume
+    adapters = [k for k in a["model"] if ".lora_" in k]
+    targets = {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in adapters}
+    assert targets == DEFAULT_TARGETS[family], targets
+    assert len(adapters) == 2 * 2 * len(targets)  # A and B, 2 layers
+    base = load_model(f"hf:{lora_families / family}")[0].model.state_dict()
+    for key, value in a["model"].items():  # base weights untouched; B (zero at start) moved
+        if ".lora_" not in key:
+            assert torch.equal(value, base[key.removeprefix("model.base_model.model.").replace(".base_layer.", ".")])
+    assert any(k.endswith("lora_B.default.weight") and a["model"][k].abs().max() > 0 for k in adapters)
+    trainer = Trainer(cfg(tmp_path / "c"))
+    try:
+        line = trainer.optimizer.coverage
+        n = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    finally:
+        trainer.close()
+    assert line.startswith(f"kfac coverage: {len(adapters)} layers, ") and f"{n:,} of {n:,} parameters" in line, line

@@ -23,6 +23,11 @@ def register(subparsers) -> None:
                       help="the full profile (reuses the quick profile's cells where they coincide)")
     p.set_defaults(profile="quick")
     p.add_argument("--only", metavar="E1,E3", help="comma-separated experiment ids to run (default: all)")
+    p.add_argument("--model", metavar="hf:PATH",
+                   help="run the cells that train or probe one language model on this local transformers "
+                   "checkpoint and its tokenizer instead of the char GPTs (E1b, E2, E5 spectra); experiments that "
+                   "cannot (E3's size ladder, E4's grid, E6's circuits) are skipped with a note, or an error "
+                   "if --only names them; cells are keyed by the folder's content hash")
     p.add_argument("--out", type=Path, default=Path("study-out"), metavar="DIR",
                    help="output folder: cell cache, results and report (default: ./study-out)")
     p.add_argument("--jobs", type=int, default=2, metavar="N", help="cells run at once (default: 2)")
@@ -59,8 +64,14 @@ def _minutes(seconds: float) -> str:
 
 
 def _print_plan(plan) -> None:
+    from ..study.model import model_label
+
     print(f"plan: {plan.profile} profile, seed {plan.seed}, {plan.jobs} job(s), this machine {plan.slowdown:.2f}× "
           f"the reference time" + (f", budget {plan.budget_minutes:g} min" if plan.budget_minutes else ""))
+    if plan.model:
+        print(f"model: {model_label(plan.model)}")
+    for eid, why in plan.skipped.items():
+        print(f"  {eid:<4} skipped with --model: {why}")
     for eid, exp in plan.experiments.items():
         cells = plan.of(eid)
         todo = [pc for pc in cells if pc.status == "todo"]
@@ -97,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     from ..study.calibrate import CALIBRATION, slowdown
     from ..study.executors import make_executor
     from ..study.experiments import experiments
-    from ..study.plan import make_plan, select
+    from ..study.model import study_model
+    from ..study.plan import for_model, make_plan, select
     from ..study.report import build_report
     from ..study.runner import run_plan
 
@@ -109,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         raise InfogeomError(f"--budget-minutes must be positive, got {args.budget_minutes:g}")
     if args.ray_address and args.executor != "ray":
         raise InfogeomError("--ray-address needs --executor ray")
-    chosen = select(experiments(), args.only)
+    model = study_model(args.model)
+    chosen, skipped = for_model(select(experiments(), args.only), model, explicit=args.only is not None)
     out, store = args.out, CellStore(args.out)
     manifest = {"version": __version__, "seed": args.seed}
     if args.status or args.report_only or args.dry_run:
@@ -122,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
                                     f"{old.get('seed')!r}); pass the same --seed, or another --out")
         speed = slowdown(args.calibration_seconds, out / CALIBRATION if old else None)[0] if args.dry_run else 1.0
         plan = make_plan(chosen, args.profile, args.seed, args.jobs, speed, store,
-                         args.budget_minutes if args.dry_run else None)
+                         args.budget_minutes if args.dry_run else None, model, skipped)
         if args.dry_run:
             _print_plan(plan)
         elif args.status:
@@ -133,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
 
     open_study(out, manifest, args.force)
     speed = slowdown(args.calibration_seconds, out / CALIBRATION)[0]
-    plan = make_plan(chosen, args.profile, args.seed, args.jobs, speed, store, args.budget_minutes)
+    plan = make_plan(chosen, args.profile, args.seed, args.jobs, speed, store, args.budget_minutes, model, skipped)
     for pc in plan.cells:  # a corrupt cached result stops the study here, before anything runs
         if pc.status == "done":
             store.result(pc.key, pc.label)

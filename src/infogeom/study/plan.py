@@ -41,6 +41,8 @@ class Plan:
     experiments: dict[str, Experiment]
     cells: list[PlannedCell] = field(default_factory=list)
     budget_minutes: float | None = None
+    model: dict | None = None  # --model hf:PATH (infogeom.study.model.study_model), None: the char GPTs
+    skipped: dict[str, str] = field(default_factory=dict)  # experiment id -> why it was left out (--model)
 
     def of(self, experiment: str) -> list[PlannedCell]:
         return [pc for pc in self.cells if pc.cell.experiment == experiment]
@@ -79,7 +81,8 @@ class Plan:
     def to_json(self) -> dict:
         return {
             "profile": self.profile, "seed": self.seed, "jobs": self.jobs, "slowdown": self.slowdown,
-            "budget_minutes": self.budget_minutes, "version": __version__,
+            "budget_minutes": self.budget_minutes, "version": __version__, "model": self.model,
+            "skipped_experiments": self.skipped,
             "estimated_seconds": self.estimate_seconds(),
             "cells": [{
                 "experiment": pc.cell.experiment, "name": pc.cell.name, "hash": pc.key, "seed": pc.seed,
@@ -103,6 +106,20 @@ def select(registry: dict[str, Experiment], only: str | None) -> dict[str, Exper
         raise InfogeomError(f"unknown experiment {', '.join(unknown) or repr(only)} in --only "
                             f"(known: {', '.join(registry)})")
     return {n: registry[n] for n in registry if n in names}
+
+
+def for_model(experiments: dict[str, Experiment], model: dict | None, explicit: bool
+               ) -> tuple[dict[str, Experiment], dict[str, str]]:
+    """(experiments that run, {id: why skipped}) for ``--model``: an experiment without ``on_model`` (a size ladder,
+    quantum circuits) is skipped, or, when the user named it in ``--only`` (``explicit``), an error."""
+    if model is None:
+        return dict(experiments), {}
+    skipped = {eid: exp.model_note or "cannot run on another model" for eid, exp in experiments.items()
+               if exp.on_model is None}
+    if explicit and skipped:
+        eid, why = next(iter(skipped.items()))
+        raise InfogeomError(f"experiment {eid} cannot run with --model ({why}); leave it out of --only")
+    return {eid: exp for eid, exp in experiments.items() if eid not in skipped}, skipped
 
 
 def _check(exp: Experiment, cells: list[Cell]) -> None:
@@ -150,13 +167,20 @@ def _keys(cells: list[Cell], seed: int) -> dict[str, str]:
 
 
 def make_plan(experiments: dict[str, Experiment], profile: str, seed: int, jobs: int, slowdown: float,
-              store: CellStore, budget_minutes: float | None = None) -> Plan:
-    """Plan every cell of ``experiments`` for ``profile``; mark cached cells done; apply the budget."""
+              store: CellStore, budget_minutes: float | None = None, model: dict | None = None,
+              skipped: dict[str, str] | None = None) -> Plan:
+    """Plan every cell of ``experiments`` for ``profile`` (on ``model``, :func:`for_model`'s experiments, their
+    ``on_model`` applied; ``skipped`` is recorded for the report); mark cached cells done; apply the budget."""
     if profile not in PROFILES:
         raise InfogeomError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
-    plan = Plan(profile, seed, jobs, slowdown, experiments, budget_minutes=budget_minutes)
+    plan = Plan(profile, seed, jobs, slowdown, experiments, budget_minutes=budget_minutes, model=model,
+                skipped=dict(skipped or {}))
     for exp in experiments.values():
         cells = list(exp.plan(profile))
+        if model is not None:
+            if exp.on_model is None:
+                raise InfogeomError(f"experiment {exp.id} cannot run with --model ({exp.model_note or 'no on_model'})")
+            cells = list(exp.on_model(cells, model))
         _check(exp, cells)
         keys = _keys(cells, seed)
         for c in cells:

@@ -139,7 +139,8 @@ def write_results(out: Path, plan: Plan, parts: list[Part], cells: list[dict], e
             "cells": [{"name": pc.cell.name, "hash": pc.key, "seed": pc.seed} for pc in part.cells]}
     write_json(out / "results.json", {"study": {"profile": plan.profile, "seed": plan.seed, "version": __version__,
                                                 "slowdown": plan.slowdown, "jobs": plan.jobs,
-                                                "budget_minutes": plan.budget_minutes},
+                                                "budget_minutes": plan.budget_minutes, "model": plan.model,
+                                                "skipped_experiments": plan.skipped},
                                       "environment": env, "experiments": experiments, "cells": cells})
     rows: list[tuple] = []
     for eid, e in experiments.items():
@@ -190,6 +191,20 @@ def _image(figdir: Path, name: str, self_contained: bool) -> str | None:
     return _e(os.path.relpath(path, figdir.parent))
 
 
+def _model_part(plan: Plan) -> list[str]:
+    """The report's lines on ``--model``: which checkpoint the language-model cells ran on, what was skipped."""
+    if not plan.model:
+        return ["<p>Model: the study's own char-level GPT ladder (no <code>--model</code>).</p>"]
+    from .model import model_label
+
+    out = [f"<p>Model: the language-model cells ran on <code>{_e(model_label(plan.model))}</code> and its "
+           f"tokenizer (sha256 of the folder <code>{_e(plan.model['sha256'])}</code>).</p>"]
+    if plan.skipped:
+        out.append("<p>Skipped with <code>--model</code>: " + "; ".join(
+            f"{_e(eid)} ({_e(why)})" for eid, why in plan.skipped.items()) + ".</p>")
+    return out
+
+
 def render_html(plan: Plan, parts: list[Part], cells: list[dict], env: dict, figdir: Path,
                 self_contained: bool = False) -> str:
     """The report page (a string of static HTML)."""
@@ -204,12 +219,16 @@ def render_html(plan: Plan, parts: list[Part], cells: list[dict], env: dict, fig
            f"<p class=muted>profile {_e(plan.profile)}, seed {plan.seed}, {done} of {len(cells)} cells done; "
            f"infogeom {_e(__version__)}, commit <code>{_e(env['commit'])}</code>, torch "
            f"{_e(env['packages']['torch'])}; {_e(env['cpu'])} × {env['cpu_count']}; made {_e(env['created'])}</p>",
+           *_model_part(plan),
            "<h2 id=claims>Claims</h2>",
            _table(["claim", "verdict", "statement", "measured (95% CI)", "prediction (citation)", "rule"], claims,
                   raw=True) if claims else "<p>No claim has a verdict yet.</p>"]
     for p in parts:
         out.append(f"<h2 id={_e(p.experiment)}>{_e(p.experiment)}: {_e(p.title)}</h2>")
         s = p.section
+        note = plan.experiments[p.experiment].model_note if plan.model else ""
+        if note:
+            out.append(f"<p><b>On the model:</b> {_e(note)}.</p>")
         if p.error:
             out.append(f"<p>The analysis of {_e(p.experiment)} failed:</p><pre>{_e(p.error)}</pre>")
         if s:

@@ -101,10 +101,18 @@ class Section:
 
 @dataclass(frozen=True)
 class Experiment:
-    """An experiment: ``plan(profile) -> cells`` and ``analyze([(cell, result)], figdir) -> Section``."""
+    """An experiment: ``plan(profile) -> cells`` and ``analyze([(cell, result)], figdir) -> Section``.
+
+    ``on_model(cells, model) -> cells`` rewrites the plan for ``study --model hf:PATH`` (``model``: the spec of
+    :func:`infogeom.study.model.study_model`): the cells that train or probe one language model get
+    ``params["model"]``; ``None`` means the experiment cannot run on another model. ``model_note`` says what the
+    model changes (or, with ``on_model=None``, why it cannot); the report prints it.
+    """
 
     id: str
     title: str
     claim: str
     plan: Callable[[str], list[Cell]]
     analyze: Callable[[list[tuple[Cell, dict]], Path], Section]
+    on_model: Callable[[list[Cell], dict], list[Cell]] | None = None
+    model_note: str = ""

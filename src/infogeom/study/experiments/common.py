@@ -11,14 +11,16 @@ import json
 import math
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from ...data import prepare_data
 from ...train import Callback, TrainConfig, load_config, train
 from ...train.checkpoint import list_checkpoints, load_checkpoint
 from ...train.metrics import METRICS_FILE, read_metrics
-from ...train.modeling import build_model
+from ...train.modeling import build_model, load_model
 from ..spec import Cell, Experiment
 
 #: char-level Shakespeare (V = 84, T = 128) GPT ladder: total parameters -> (n_layer, n_embd), 4 heads
@@ -31,12 +33,18 @@ def lm_config(
     workdir: Path, *, size: str, optimizer: str, lr: float, steps: int, seed: int, batch: int = 16,
     block: int = 64, options: dict | None = None, weight_decay: float = 0.1, warmup: int = 0,
     eval_every: int = 10, eval_batches: int = 4, ckpt_every: int = 0, constant_lr: bool = False,
-    keep_last: int = 3, grad_clip: float = 1.0,
+    keep_last: int = 3, grad_clip: float = 1.0, model: dict | None = None,
 ) -> TrainConfig:
-    """A training config for ladder model ``size`` with its run folder ``workdir/run``."""
-    n_layer, n_embd = LADDER[size]
+    """A training config for ladder model ``size`` with its run folder ``workdir/run``; with ``model`` (a
+    ``study --model`` spec) the pretrained transformers checkpoint and its tokenizer instead (``size`` unused,
+    the window ``block`` cut to the model's context)."""
     cfg = load_config(None, validate=False)
-    cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head, cfg.model.block_size = n_layer, n_embd, 4, 128
+    if model is None:
+        n_layer, n_embd = LADDER[size]
+        cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head, cfg.model.block_size = n_layer, n_embd, 4, 128
+    else:
+        cfg.model.arch, cfg.model.path, cfg.data.tokenizer = "hf", model["path"], "hf"
+        block = min(block, int(model["context"]))
     cfg.data.batch_size, cfg.data.block_size = batch, block
     cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay = optimizer, float(lr), float(weight_decay)
     cfg.optim.warmup_steps, cfg.optim.min_lr = int(warmup), float(lr) if constant_lr else 0.0
@@ -91,8 +99,11 @@ def run_training(cfg: TrainConfig, callbacks: Iterable[Callback] = (), start: Pa
 
 
 def load_checkpoint_model(path: Path) -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode, checkpoint dict) from a training cell's checkpoint."""
+    """(model in eval mode, checkpoint dict) from a training cell's checkpoint (a ladder GPT's, or a
+    ``study --model`` run's through :func:`~infogeom.train.modeling.load_model`)."""
     ckpt = load_checkpoint(path)
+    if ckpt["config"]["model"].get("arch", "gpt") != "gpt":
+        return load_model(path)[0], ckpt
     cfg = load_config(None, validate=False)
     n_layer, n_embd = ckpt["config"]["model"]["n_layer"], ckpt["config"]["model"]["n_embd"]
     cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head = n_layer, n_embd, ckpt["config"]["model"]["n_head"]
@@ -100,6 +111,23 @@ def load_checkpoint_model(path: Path) -> tuple[torch.nn.Module, dict]:
     model = build_model(cfg.model, ckpt["vocab_size"])
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt
+
+
+def on_model(cells: list[Cell], model: dict, fns: Iterable[str], drop: Iterable[str] = ()) -> list[Cell]:
+    """``study --model``: the cells whose run function (name after ``:``) is in ``fns`` with ``params["model"] =
+    model`` (so their cache keys hash it), the ones in ``drop`` left out (no kept cell may need them), the rest
+    as they are (they do not depend on the language model)."""
+    fns, drop = set(fns), set(drop)
+    kept = [c for c in cells if c.fn.split(":")[-1] not in drop]
+    gone = {c.name for c in cells} - {c.name for c in kept}
+    if any(set(c.needs) & gone for c in kept):
+        raise ValueError("on_model: a kept cell needs a dropped one")
+    return [replace(c, params={**c.params, "model": model}) if c.fn.split(":")[-1] in fns else c for c in kept]
+
+
+def model_data(model: dict | None):
+    """The Shakespeare token data of a run: the char tokenizer, or the ``study --model`` checkpoint's."""
+    return prepare_data("shakespeare", f"hf:{model['path']}" if model else "char")
 
 
 def time_to_target(curve: list, target: float) -> tuple[float, float] | None:

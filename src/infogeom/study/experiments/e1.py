@@ -29,7 +29,7 @@ from ...models import toy
 from ...models.gpt import lm_loss
 from .. import stats
 from ..spec import Cell, Claim, Experiment, Section
-from .common import lm_config, run_training, savefig, time_to_target
+from .common import lm_config, on_model, run_training, savefig, time_to_target
 
 FN = "infogeom.study.experiments.e1:"
 KAPPAS = (1.0, 10.0, 100.0, 1000.0)
@@ -266,7 +266,7 @@ def run_lm(params: dict, seed: int, workdir: Path, inputs: dict) -> dict:
     cfg = lm_config(workdir, size=params["size"], optimizer=name, lr=lr, steps=params["steps"], seed=seed,
                     batch=params["batch"], block=params["block"], options=options, weight_decay=wd,
                     warmup=max(1, params["steps"] // 10), eval_every=params["eval_every"],
-                    ckpt_every=params["eval_every"] * 5)
+                    ckpt_every=params["eval_every"] * 5, model=params.get("model"))
     try:
         res = run_training(cfg)
     except Exception as exc:  # a diverged run (nan loss) is a result, not a failure of the study
@@ -529,5 +529,9 @@ def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
     return Section("E1", EXPERIMENT.title, claims, figures, tables, numbers, text)
 
 
-EXPERIMENT = Experiment(id="E1", title="Natural gradient: invariance and efficiency",
-                        claim="Natural gradient is invariant and more efficient", plan=plan, analyze=analyze)
+EXPERIMENT = Experiment(
+    id="E1", title="Natural gradient: invariance and efficiency",
+    claim="Natural gradient is invariant and more efficient", plan=plan, analyze=analyze,
+    on_model=lambda cells, model: on_model(cells, model, ("run_lm",)),
+    model_note="(b) trains the model (fine-tuning it) with every optimizer over the same lr grids, windows cut to "
+               "its context; the worked examples (a) are closed-form toy problems and do not change")

@@ -29,10 +29,10 @@ from ...models.gpt import lm_loss
 from ...operators import rademacher
 from ...optim import build_optimizer
 from ...train.checkpoint import checkpoint_path
-from ...train.modeling import build_model
+from ...train.modeling import build_model, load_model
 from .. import stats
 from ..spec import Cell, Claim, Experiment, Section
-from .common import LADDER, SaveAtSteps, lm_config, load_checkpoint_model, run_training, savefig
+from .common import LADDER, SaveAtSteps, lm_config, load_checkpoint_model, model_data, on_model, run_training, savefig
 
 FN = "infogeom.study.experiments.e2:"
 C_GD = (0.5, 1.5, 4.0)
@@ -47,9 +47,13 @@ PROFILES = {
 ADAM_LRS = (1e-3, 3e-3)
 
 
-def _gpt(size: str, seed: int) -> torch.nn.Module:
+def _gpt(size: str, seed: int, model: dict | None = None) -> torch.nn.Module:
+    """Ladder GPT ``size`` initialized with ``seed``, or (``model``, a ``study --model`` spec) the pretrained
+    checkpoint as it is (``seed`` unused)."""
     from ...train import load_config
 
+    if model is not None:
+        return load_model(f"hf:{model['path']}")[0]
     cfg = load_config(None, validate=False)
     cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head = *LADDER[size], 4
     data = prepare_data("shakespeare", "char")
@@ -57,10 +61,11 @@ def _gpt(size: str, seed: int) -> torch.nn.Module:
     return build_model(cfg.model, data.vocab_size)
 
 
-def fixed_batch(batch: int, block: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The full batch: ``batch`` windows of the training split, drawn with ``seed``."""
-    data = prepare_data("shakespeare", "char")
-    return data.get_batch("train", batch, block, torch.Generator().manual_seed(seed))
+def fixed_batch(batch: int, block: int, seed: int, model: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The full batch: ``batch`` windows of the training split, drawn with ``seed`` (tokenized by ``model``'s
+    tokenizer, windows cut to its context, with a ``study --model`` spec)."""
+    block = min(block, int(model["context"])) if model else block
+    return model_data(model).get_batch("train", batch, block, torch.Generator().manual_seed(seed))
 
 
 def sharpness_of(model: torch.nn.Module, batch, optimizer: torch.optim.Optimizer, v0: torch.Tensor | None,
@@ -75,8 +80,8 @@ def sharpness_of(model: torch.nn.Module, batch, optimizer: torch.optim.Optimizer
 
 def run_pilot(params: dict, seed: int, workdir: Path, inputs: dict) -> dict:
     """λ_max(H) of the freshly initialized model on the fixed batch."""
-    model = _gpt(params["size"], seed)
-    batch = fixed_batch(params["batch"], params["block"], seed)
+    model = _gpt(params["size"], seed, params.get("model"))
+    batch = fixed_batch(params["batch"], params["block"], seed, params.get("model"))
     res = eigsh(HessianOperator(model, batch), k=1, tol=1e-4)
     return {"lambda_max": float(res.values[0]), "loss": float(lm_loss(model(batch[0]), batch[1]).detach())}
 
@@ -94,8 +99,8 @@ def run_eos(params: dict, seed: int, workdir: Path, inputs: dict) -> dict:
     """Full-batch training at constant lr with the sharpness/threshold ratio every ``every`` steps."""
     lam = next(iter(inputs.values()))["result"]["lambda_max"] if inputs else math.nan
     arm = params["arm"]
-    model = _gpt(params["size"], seed)
-    batch = fixed_batch(params["batch"], params["block"], seed)
+    model = _gpt(params["size"], seed, params.get("model"))
+    batch = fixed_batch(params["batch"], params["block"], seed, params.get("model"))
     if arm == "adam":
         lr = params["lr"]
         opt = build_optimizer("adamw", model, lr, 0.0, betas=(0.9, 0.999))
@@ -109,7 +114,7 @@ def run_eos(params: dict, seed: int, workdir: Path, inputs: dict) -> dict:
             records.append({"step": step, **{k: info[k] for k in ("sharpness", "threshold", "ratio")}})
         if step == params["steps"]:
             break
-        model.train()
+        model.train(not params.get("model"))  # a pretrained model's own dropout would make full-batch GD noisy
         loss = lm_loss(model(batch[0]), batch[1])
         value = loss.item()
         if not math.isfinite(value):
@@ -133,7 +138,7 @@ def run_phase_train(params: dict, seed: int, workdir: Path, inputs: dict) -> dic
     steps = params["steps"]
     cfg = lm_config(workdir, size=params["size"], optimizer="adamw", lr=1e-2, steps=steps, seed=seed,
                     batch=16, block=64, warmup=max(1, steps // 20), eval_every=max(1, steps // 5),
-                    keep_last=len(FRACTIONS) + 2)
+                    keep_last=len(FRACTIONS) + 2, model=params.get("model"))
     res = run_training(cfg, [SaveAtSteps(phase_steps(steps))])
     res.pop("train_losses", None)
     return res
@@ -143,7 +148,7 @@ def run_phase_measure(params: dict, seed: int, workdir: Path, inputs: dict) -> d
     """Curvature scalars of one checkpoint of the phase training cell (module doc)."""
     src = next(iter(inputs.values()))
     model, ckpt = load_checkpoint_model(checkpoint_path(Path(src["dir"]) / "run", params["step"]))
-    batch = fixed_batch(params["batch"], params["block"], seed)
+    batch = fixed_batch(params["batch"], params["block"], seed, params.get("model"))
     g = torch.Generator().manual_seed(seed)
     F, EF, H = FisherOperator(model, batch), FisherOperator(model, batch, kind="empirical"), HessianOperator(model,
                                                                                                             batch)
@@ -288,5 +293,10 @@ def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
                    "λ₁(P⁻¹H) is not warm-started (the project's optimizer_sharpness has no v0).")
 
 
-EXPERIMENT = Experiment(id="E2", title="Curvature tracks training dynamics",
-                        claim="Curvature explains training dynamics", plan=plan, analyze=analyze)
+EXPERIMENT = Experiment(
+    id="E2", title="Curvature tracks training dynamics", claim="Curvature explains training dynamics", plan=plan,
+    analyze=analyze,
+    on_model=lambda cells, model: on_model(cells, model, ("run_pilot", "run_eos", "run_phase_train",
+                                                          "run_phase_measure")),
+    model_note="every cell on the model: the pilot's λ_max and the full-batch arms start from its pretrained "
+               "weights (dropout off), the phases fine-tune it with AdamW; windows cut to its context")

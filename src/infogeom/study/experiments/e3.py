@@ -586,4 +586,5 @@ def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
 
 
 EXPERIMENT = Experiment(id="E3", title="Scaling laws, made falsifiable",
-                        claim="Curvature explains scaling laws", plan=plan, analyze=analyze)
+                        claim="Curvature explains scaling laws", plan=plan, analyze=analyze,
+                        model_note="its design is a ladder of model sizes trained from scratch")

@@ -462,4 +462,6 @@ def _dinh_section(r: dict, figdir: Path, claims, figures, tables, numbers) -> No
 
 
 EXPERIMENT = Experiment(id="E4", title="Sharpness and generalization", claim="Flat minima generalize", plan=plan,
-                        analyze=analyze)
+                        analyze=analyze,
+                        model_note="its grid trains ladder GPTs from one seeded initialization on a character "
+                                   "subset sized to their generalization gap")

@@ -765,4 +765,5 @@ def analyze(results: list[tuple[Cell, dict]], figdir: Path) -> Section:
 
 
 EXPERIMENT = Experiment(id="E6", title="Quantum geometry", claim='Quantum metrics "bake in" curvature', plan=plan,
-                        analyze=analyze)
+                        analyze=analyze, model_note="its cells are quantum circuits and char-level quantum heads, "
+                                                    "not a pretrained language model")
