@@ -94,9 +94,9 @@ class KrylovBasis:
     def _orthogonalize(self, w: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Remove the components of ``w [b, P]`` along the first ``j`` basis vectors (two CGS passes)."""
         h = torch.zeros(w.shape[0], j, dtype=self.dtype, device=self.device)
-        for _ in range(2):
-            c = torch.einsum("bjp,bp->bj", self.BQ[:, :j], w)
-            w = w - torch.einsum("bjp,bj->bp", self.Q[:, :j], c)
+        for _ in range(2):  # row-vector bmm, not einsum: 2.5–6× faster on CPU (P = 3.2M, b = 2, j = 16)
+            c = torch.bmm(w[:, None, :], self.BQ[:, :j].transpose(1, 2)).squeeze(1)
+            w = torch.baddbmm(w[:, None, :], c[:, None, :], self.Q[:, :j], alpha=-1).squeeze(1)
             h = h + c
         return w, h
 
@@ -157,9 +157,9 @@ class KrylovBasis:
         """Thick restart: keep the Ritz vectors ``Q Y [b, m, k]`` (B-orthonormal) with T = diag(θ)."""
         k = Y.shape[2]
         m = self.size
-        self.Q[:, :k] = torch.einsum("bmp,bmk->bkp", self.Q[:, :m], Y)
+        self.Q[:, :k] = torch.bmm(Y.transpose(1, 2), self.Q[:, :m])
         if self.metric is not None:
-            self.BQ[:, :k] = torch.einsum("bmp,bmk->bkp", self.BQ[:, :m], Y)
+            self.BQ[:, :k] = torch.bmm(Y.transpose(1, 2), self.BQ[:, :m])
         self.T.zero_()
         self.T[:, torch.arange(k), torch.arange(k)] = theta
         self.size = k
