@@ -22,3 +22,11 @@ def tiny_gpt(dtype=torch.float64, **overrides) -> GPT:
 def random_batch(vocab=11, B=2, T=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (B, T), generator=g), torch.randint(0, vocab, (B, T), generator=g)
+
+
+def own_optimizers() -> list[str]:
+    """The library's registered optimizers, without those a benchmark module imported by another test adds
+    (SOAP, PSGD-Kron from heavyball, a bench extra)."""
+    from infogeom.optim.registry import OPTIMIZERS
+
+    return sorted(n for n, builder in OPTIMIZERS.items() if builder.__module__.startswith("infogeom."))

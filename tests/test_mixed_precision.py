@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from conftest import own_optimizers
 from test_optim_training import SETTINGS, markov_batches, small_gpt
 from test_train import StopAt, corpus_fixture, one_thread_fixture, tiny_config  # noqa: F401 (fixtures)
 
@@ -17,7 +18,6 @@ from infogeom.errors import InfogeomError
 from infogeom.models import lm_loss
 from infogeom.models.quantum_layer import add_quantum_layers
 from infogeom.optim import build_optimizer
-from infogeom.optim.registry import OPTIMIZERS
 from infogeom.train import load_checkpoint, load_config, load_model, train
 
 STEPS = 16
@@ -42,7 +42,7 @@ def run(name: str, dtype: torch.dtype | None) -> tuple[list[float], torch.nn.Mod
 
 
 #: the library's own optimizers (benchmarks imported by other test modules register baselines such as SOAP)
-OWN = sorted(n for n, builder in OPTIMIZERS.items() if builder.__module__.startswith("infogeom."))
+OWN = own_optimizers()
 
 
 @pytest.mark.parametrize("name", OWN)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_batch
+from conftest import own_optimizers, random_batch
 from hf_checkpoints import corpus, make_checkpoint
 from test_train import StopAt, corpus_fixture, one_thread_fixture, tiny_config  # noqa: F401 (fixtures)
 from torch.func import functional_call, grad, jacrev
@@ -20,7 +20,6 @@ from infogeom.curvature import build_operator
 from infogeom.errors import InfogeomError
 from infogeom.geometry import freeze_except, match_parameters
 from infogeom.models import GPT, GPTConfig, lm_loss
-from infogeom.optim.registry import OPTIMIZERS
 from infogeom.train import Trainer, load_checkpoint, load_model, train
 from infogeom.train.modeling import prepare_run_data
 
@@ -174,7 +173,7 @@ def test_qng_refuses_a_subset_of_its_quantum_weights():
         build_optimizer("qng", model, 1e-2)
 
 
-@pytest.mark.parametrize("name", sorted(set(OPTIMIZERS) - {"qng"}))  # qng: quantum layers (refuses subsets)
+@pytest.mark.parametrize("name", sorted(set(own_optimizers()) - {"qng"}))  # qng: quantum layers (refuses subsets)
 def test_frozen_parameters_do_not_move_and_only_the_subset_is_preconditioned(corpus, tmp_path, name):
     pattern = "blocks.0.mlp.*,ln_f.*"
     trainer = Trainer(tiny_config(corpus, tmp_path / name, max_steps=3, ckpt_every=0, eval_every=0,

@@ -8,11 +8,11 @@ import re
 
 import pytest
 import torch
+from conftest import own_optimizers
 from reliability_cases import TINY, BlowUpLearningRate, PoisonGradient
 
 from infogeom.errors import InfogeomError
 from infogeom.geometry import sample_labels
-from infogeom.optim import OPTIMIZERS
 from infogeom.train import load_config, load_model, train
 from infogeom.train.checkpoint import list_checkpoints
 from infogeom.train.divergence import MAX_SKIPS, DivergenceMonitor
@@ -21,7 +21,7 @@ from infogeom.train.modeling import prepare_run_data
 
 # Every optimizer the trainer can build for a GPT ("qng" needs quantum layers, which no config adds; the
 # trainer's guard runs before any optimizer.step, so it is the same code path for every optimizer).
-TRAINABLE = sorted(set(OPTIMIZERS) - {"qng"})
+TRAINABLE = sorted(set(own_optimizers()) - {"qng"})
 
 
 @pytest.fixture(scope="module", name="corpus")
