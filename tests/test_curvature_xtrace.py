@@ -57,10 +57,13 @@ def test_grown_sketch_equals_the_one_shot_xtrace_of_all_its_columns(matrix):
     sketch = trace_module._exchangeable_sketch(DenseOperator(A), 10, g, sketch)
     trace, _ = brute_force(A, 6, seed=9, blocks=(4, 5))
     assert trace_module._xtrace(sketch)[0] == pytest.approx(float(trace), rel=1e-10)
-    Omega, Q, R, Z = sketch
+    Omega, Q, R = torch.cat(sketch.omega, 1).to(F64), torch.cat(sketch.Q, 1), sketch.R
+    assert [b.shape[1] for b in sketch.Q] == [6, 4, 5] and sketch.omega[0].dtype == torch.int8
     torch.testing.assert_close(Q @ R, A @ Omega, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(Q.T @ Q, torch.eye(15, dtype=F64), rtol=0, atol=1e-12)
-    assert torch.equal(R, R.triu())
+    torch.testing.assert_close(sketch.H, Q.T @ A @ Q, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(sketch.W, Q.T @ Omega, rtol=1e-10, atol=1e-10)
+    assert torch.equal(R, R.triu()) and sketch.Z is None
 
 
 @pytest.mark.parametrize("matrix", list(MATRICES))
@@ -119,9 +122,8 @@ def test_naive_error_bar_would_under_cover():
     A = MATRICES["psd"]
 
     def naive(op, g):
-        omega, Q, R, Z = trace_module._exchangeable_sketch(op, 48, g)
-        H = Q.T @ Z
-        ests = trace_module._xtrace_estimates((H + H.T) / 2, Q.T @ omega, R)
+        sketch = trace_module._exchangeable_sketch(op, 48, g)
+        ests = trace_module._xtrace_estimates((sketch.H + sketch.H.T) / 2, sketch.W, sketch.R)
         return float(ests.mean()), float(trace_module.standard_error(ests))
 
     assert coverage(naive, A) < 0.88

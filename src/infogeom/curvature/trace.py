@@ -155,36 +155,71 @@ def hutchpp(
     return TraceEstimate(float(low_rank + rest.mean()), float(standard_error(rest)), spent + len(rest), "hutch++")
 
 
+@dataclass
+class _Sketch:
+    """XTrace/XDiag sketch with k columns: Ω [P, k] as int8 ±1 blocks, AΩ = QR with Q [P, k] orthonormal (kept as
+    the blocks it was grown in, never concatenated), H = QᵀAQ and W = QᵀΩ [k, k], and Z = AQ [P, k] only for a
+    one-block sketch that asked for it (XDiag; XTrace needs H alone). Memory: 4.25·P·k bytes in float32."""
+
+    omega: list[torch.Tensor]
+    Q: list[torch.Tensor]
+    R: torch.Tensor
+    H: torch.Tensor
+    W: torch.Tensor
+    Z: torch.Tensor | None = None
+
+    @property
+    def k(self) -> int:
+        return self.R.shape[1]
+
+
 def _exchangeable_sketch(op: CurvatureOperator, num_probes: int, generator: torch.Generator | None,
-                         sketch: tuple | None = None):
-    """(Ω, Q, R, Z = AQ) of XTrace/XDiag from 2k = ``num_probes`` products (see the module docstring); given
-    an earlier ``sketch``, k more columns are appended: Y₂ = AΩ₂ is orthogonalized against Q by block
-    Gram–Schmidt twice (Y₂ = Q R₁₂ + Q₂ R₂₂), so R stays upper triangular and only Z₂ = AQ₂ is new."""
+                         sketch: _Sketch | None = None, keep_z: bool = False) -> _Sketch:
+    """The XTrace/XDiag sketch of 2k = ``num_probes`` products (see the module docstring); given an earlier
+    ``sketch``, k more columns are appended: Y₂ = AΩ₂ is orthogonalized against Q by block Gram–Schmidt twice
+    (Y₂ = Q R₁₂ + Q₂ R₂₂), so R stays upper triangular, and only Z₂ = AQ₂ is new: H's new blocks are QᵀZ₂
+    (A symmetric), W's are QᵀΩ₂ and Q₂ᵀΩ. Peak memory beyond the sketch: three P×k₂ blocks (Ω₂, Y₂, Q₂)."""
     _check(num_probes, 4)
     k = int(num_probes) // 2
-    total = k + (0 if sketch is None else sketch[0].shape[1])
+    total = k + (0 if sketch is None else sketch.k)
     if total >= op.dim:
         raise InfogeomError(f"XTrace/XDiag need fewer than {2 * op.dim} products for dimension {op.dim}, "
                             f"got {2 * total}")
-    Omega2 = rademacher((op.dim, k), op.dtype, op.device, generator)
-    Y = op.matmat(Omega2)
+    if keep_z and sketch is not None:
+        raise InfogeomError("XTrace/XDiag: Z = AQ is kept only for a sketch built in one block")
+    omega = rademacher((op.dim, k), torch.int8, op.device, generator)
+    Om = omega.to(op.dtype)
+    Y = op.matmat(Om)
     if sketch is None:
-        Omega, (Q, R) = Omega2, torch.linalg.qr(Y)
-        Z = op.matmat(Q)
+        (Q2, R), Qs = torch.linalg.qr(Y), []
     else:
-        Omega0, Q0, R0, Z0 = sketch
-        R12 = Q0.T @ Y
-        Y = Y - Q0 @ R12
-        again = Q0.T @ Y
-        R12, Y = R12 + again, Y - Q0 @ again
+        Qs = sketch.Q
+        R12 = Y.new_zeros(sketch.k, k)
+        for _ in range(2):
+            again = torch.cat([Qb.T @ Y for Qb in Qs])
+            start = 0
+            for Qb in Qs:
+                Y.addmm_(Qb, again[start:start + Qb.shape[1]], alpha=-1)
+                start += Qb.shape[1]
+            R12 += again
         Q2, R22 = torch.linalg.qr(Y)
-        Omega, Q, Z = torch.cat([Omega0, Omega2], 1), torch.cat([Q0, Q2], 1), torch.cat([Z0, op.matmat(Q2)], 1)
-        R = torch.cat([torch.cat([R0, R12], 1), torch.cat([R12.new_zeros(k, R0.shape[1]), R22], 1)], 0)
+    del Y
+    Z2 = op.matmat(Q2)
+    H22, W22 = Q2.T @ Z2, Q2.T @ Om
+    if sketch is None:
+        H, W = H22, W22
+    else:
+        R = torch.cat([torch.cat([sketch.R, R12], 1), torch.cat([R12.new_zeros(k, sketch.k), R22], 1)], 0)
+        H02 = torch.cat([Qb.T @ Z2 for Qb in Qs])
+        H = torch.cat([torch.cat([sketch.H, H02], 1), torch.cat([H02.T, H22], 1)], 0)
+        W02 = torch.cat([Qb.T @ Om for Qb in Qs])
+        W20 = torch.cat([Q2.T @ ob.to(Q2.dtype) for ob in sketch.omega], 1)
+        W = torch.cat([torch.cat([sketch.W, W02], 1), torch.cat([W20, W22], 1)], 0)
     r = R.diagonal().abs()
     if not bool(torch.isfinite(r).all()) or float(r.min()) <= math.sqrt(torch.finfo(R.dtype).eps) * float(r.max()):
         raise InfogeomError("XTrace/XDiag: the sketch AΩ is rank deficient (the operator's numerical rank is "
                             "below the probe count); use hutchpp")
-    return Omega, Q, R, Z
+    return _Sketch([*([] if sketch is None else sketch.omega), omega], [*Qs, Q2], R, H, W, Z2 if keep_z else None)
 
 
 def _loo_basis(R: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -211,13 +246,9 @@ def _xtrace_estimates(H: torch.Tensor, W: torch.Tensor, R: torch.Tensor) -> torc
             + c**2 * sHs)
 
 
-def _xtrace(sketch: tuple) -> tuple[float, float]:
-    """(XTrace estimate, jackknife standard error) of a sketch (Ω, Q, R, Z)."""
-    Omega, Q, R, Z = sketch
-    H = Q.T @ Z
-    H = (H + H.T) / 2
-    W = Q.T @ Omega
-    k = R.shape[1]
+def _xtrace(sketch: _Sketch) -> tuple[float, float]:
+    """(XTrace estimate, jackknife standard error) of a sketch: O(k⁴) flops on its [k, k] blocks, none on P."""
+    H, W, R, k = (sketch.H + sketch.H.T) / 2, sketch.W, sketch.R, sketch.k
     loo = []
     for j in range(k):
         C, Rj, keep = _loo_basis(R, j)
@@ -244,13 +275,13 @@ def xtrace(op: CurvatureOperator, num_probes: int = 48, generator: torch.Generat
     conservative jackknife keeps the stopped estimate's 2-SE coverage (tested)."""
     sketch = _exchangeable_sketch(op, num_probes, generator)
     value, stderr = _xtrace(sketch)
-    while rtol is not None and stderr > rtol * abs(value) and 2 * sketch[0].shape[1] + 8 <= max_probes:
-        k = sketch[0].shape[1]
+    while rtol is not None and stderr > rtol * abs(value) and 2 * sketch.k + 8 <= max_probes:
+        k = sketch.k
         wanted = math.ceil(k * (stderr / (rtol * abs(value))) ** 2) if value != 0 else 2 * k
         more = min(max(wanted - k, 4), k, (max_probes - 2 * k) // 2)
         sketch = _exchangeable_sketch(op, 2 * more, generator, sketch)
         value, stderr = _xtrace(sketch)
-    return TraceEstimate(value, stderr, 2 * sketch[0].shape[1], "xtrace")
+    return TraceEstimate(value, stderr, 2 * sketch.k, "xtrace")
 
 
 def _jackknife_variance(loo: torch.Tensor) -> torch.Tensor | float:
@@ -289,8 +320,8 @@ def xdiag(op: CurvatureOperator, num_probes: int = 48, generator: torch.Generato
     """XDiag estimate of diag(A) from ``num_probes`` products: the mean of k = m/2 exchangeable estimates
     diag(P_i A) + ω_i ⊙ (I − P_i) A ω_i, with per-entry jackknife standard errors over the columns of Ω (as in
     :func:`xtrace`; the naive ones under-cover). Memory O(P·k), flops O(P·k³) for the jackknife."""
-    Omega, Q, R, Z = _exchangeable_sketch(op, num_probes, generator)
-    k = R.shape[1]
+    sketch = _exchangeable_sketch(op, num_probes, generator, keep_z=True)
+    Omega, Q, R, Z, k = sketch.omega[0].to(op.dtype), sketch.Q[0], sketch.R, sketch.Z, sketch.k
     loo = []
     for j in range(k):
         C, Rj, keep = _loo_basis(R, j)

@@ -45,12 +45,23 @@ class HessianOperator(CurvatureOperator):
                                      is_grads_batched=True)
             return torch.cat([(torch.zeros(V.shape[1], p.numel(), dtype=V.dtype, device=V.device) if h is None
                                else h.reshape(V.shape[1], -1)) for h, p in zip(hv, inputs)], dim=1).T
-        return torch.stack([self._column(v) for v in V.T.contiguous()], dim=1)  # contiguous grad_outputs
+        out = torch.empty_like(V)  # written column by column: memory P·k for the result, not 3·P·k
+        for i in range(V.shape[1]):
+            self._column(V[:, i].contiguous(), out[:, i])  # contiguous grad_outputs
+        return out
 
-    def _column(self, v: torch.Tensor) -> torch.Tensor:
+    def _column(self, v: torch.Tensor, out: torch.Tensor) -> None:
+        """``out [P]`` (a strided column is fine) ← H v."""
         hv = torch.autograd.grad(self._grad, list(self._params.values()), grad_outputs=unflatten(v, self.shapes),
                                  retain_graph=True, allow_unused=True)
-        return flatten([torch.zeros_like(p) if h is None else h for h, p in zip(hv, self._params.values())])
+        start = 0
+        for h, p in zip(hv, self._params.values()):
+            block = out[start:start + p.numel()]
+            if h is None:
+                block.zero_()
+            else:
+                block.copy_(h.reshape(-1))
+            start += p.numel()
 
     def __repr__(self) -> str:
         return (f"HessianOperator(dim={self.dim}, {'vmapped' if self.batched else 'one backward per column'}, "
