@@ -159,7 +159,7 @@ def hutchpp(
 class _Sketch:
     """XTrace/XDiag sketch with k columns: Ω [P, k] as int8 ±1 blocks, AΩ = QR with Q [P, k] orthonormal (kept as
     the blocks it was grown in, never concatenated), H = QᵀAQ and W = QᵀΩ [k, k], and Z = AQ [P, k] only for a
-    one-block sketch that asked for it (XDiag; XTrace needs H alone). Memory: 4.25·P·k bytes in float32."""
+    one-block sketch that asked for it (XDiag; XTrace needs H alone). Memory: 5·P·k bytes in float32."""
 
     omega: list[torch.Tensor]
     Q: list[torch.Tensor]
@@ -178,7 +178,8 @@ def _exchangeable_sketch(op: CurvatureOperator, num_probes: int, generator: torc
     """The XTrace/XDiag sketch of 2k = ``num_probes`` products (see the module docstring); given an earlier
     ``sketch``, k more columns are appended: Y₂ = AΩ₂ is orthogonalized against Q by block Gram–Schmidt twice
     (Y₂ = Q R₁₂ + Q₂ R₂₂), so R stays upper triangular, and only Z₂ = AQ₂ is new: H's new blocks are QᵀZ₂
-    (A symmetric), W's are QᵀΩ₂ and Q₂ᵀΩ. Peak memory beyond the sketch: three P×k₂ blocks (Ω₂, Y₂, Q₂)."""
+    (A symmetric), W's are QᵀΩ₂ and Q₂ᵀΩ. Peak memory beyond the sketch: about four P×k₂ blocks (Ω₂ as
+    floats, Y₂ or AQ₂, Q₂ and the QR's workspace)."""
     _check(num_probes, 4)
     k = int(num_probes) // 2
     total = k + (0 if sketch is None else sketch.k)
@@ -196,12 +197,10 @@ def _exchangeable_sketch(op: CurvatureOperator, num_probes: int, generator: torc
         Qs = sketch.Q
         R12 = Y.new_zeros(sketch.k, k)
         for _ in range(2):
-            again = torch.cat([Qb.T @ Y for Qb in Qs])
-            start = 0
-            for Qb in Qs:
-                Y.addmm_(Qb, again[start:start + Qb.shape[1]], alpha=-1)
-                start += Qb.shape[1]
-            R12 += again
+            again = [Qb.T @ Y for Qb in Qs]
+            for Qb, c in zip(Qs, again):
+                Y.addmm_(Qb, c, alpha=-1)
+            R12 += torch.cat(again)
         Q2, R22 = torch.linalg.qr(Y)
     del Y
     Z2 = op.matmat(Q2)

@@ -54,14 +54,11 @@ class HessianOperator(CurvatureOperator):
         """``out [P]`` (a strided column is fine) ← H v."""
         hv = torch.autograd.grad(self._grad, list(self._params.values()), grad_outputs=unflatten(v, self.shapes),
                                  retain_graph=True, allow_unused=True)
-        start = 0
-        for h, p in zip(hv, self._params.values()):
-            block = out[start:start + p.numel()]
+        for block, h in zip(out.split([p.numel() for p in self._params.values()]), hv):  # views of ``out``
             if h is None:
                 block.zero_()
             else:
                 block.copy_(h.reshape(-1))
-            start += p.numel()
 
     def __repr__(self) -> str:
         return (f"HessianOperator(dim={self.dim}, {'vmapped' if self.batched else 'one backward per column'}, "
