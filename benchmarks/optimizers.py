@@ -35,6 +35,7 @@ needs Python ≥ 3.12, see docs/optimizers.md.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import sys
@@ -64,14 +65,28 @@ SIZES: dict[str, dict] = {"default": {}, "3m": {"n_layer": 6, "n_embd": 192, "n_
 #: label -> (learning-rate grid, options). ``weight_decay`` in the options overrides the shared 0.1 (NGCG's
 #: lr ≈ 1 would shrink every weight by 10% per step with 0.1); ``optimizer`` names the registry entry when the
 #: label is not one. ``ekfac-1s``: the 384/512-wide factor sides of the default GPT stay diagonal.
+#: ``muon-fp32``: torch's Muon step with Newton–Schulz in float32 instead of bfloat16 (same progress per step;
+#: bfloat16 matmuls are ≈ 15× slower than float32 on this project's CPUs, so this is the fair Muon baseline
+#: for wall-clock here). ``fisher-muon``: exponent ¼, one-sided like ``ekfac-1s``; its ablations (one lr
+#: each, ``--lrs`` to move it): ``-p0`` exponent 0 (Muon in the same code), ``-p05`` exponent ½, ``-full``
+#: every side whitened in its eigenbasis, ``-head`` the tied embedding/head preconditioned too (its head use's
+#: factors), ``-cov4`` factors every 4 steps and bases every 20 (half the capture cost).
 GRIDS: dict[str, tuple[list[float], dict]] = {
     "adamw": ([2e-3, 4e-3, 8e-3, 1.6e-2], {}),
     "muon": ([4e-3, 8e-3, 1.6e-2, 3.2e-2], {}),
+    "muon-fp32": ([4e-3, 8e-3, 1.6e-2, 3.2e-2], {"optimizer": "muon", "ns_dtype": "float32"}),
     "soap": ([2e-3, 4e-3, 8e-3, 1.6e-2], {}),
     "psgd-kron": ([5e-4, 1e-3, 2e-3, 4e-3], {}),
     "ekfac": ([2.5e-3, 5e-3, 1e-2, 2e-2], {}),
     "ekfac-1s": ([5e-3, 1e-2, 2e-2, 4e-2], {"optimizer": "ekfac", "max_basis_dim": 256}),
     "kfac": ([1e-3, 3e-3, 1e-2, 3e-2], {}),
+    "fisher-muon": ([4e-3, 8e-3, 1.6e-2, 3.2e-2], {"max_basis_dim": 256}),
+    "fisher-muon-p0": ([1.6e-2], {"optimizer": "fisher-muon", "max_basis_dim": 256, "exponent": 0.0}),
+    "fisher-muon-p05": ([1.6e-2], {"optimizer": "fisher-muon", "max_basis_dim": 256, "exponent": 0.5}),
+    "fisher-muon-full": ([1.6e-2], {"optimizer": "fisher-muon"}),
+    "fisher-muon-head": ([1.6e-2], {"optimizer": "fisher-muon", "max_basis_dim": 256, "head": True}),
+    "fisher-muon-cov4": ([1.6e-2], {"optimizer": "fisher-muon", "max_basis_dim": 256, "cov_every": 4,
+                                    "inv_every": 20}),
     "ngcg": ([0.5, 1.0], {"weight_decay": 1e-3}),
 }
 
@@ -134,9 +149,15 @@ def load_runs(path: Path) -> dict[str, dict]:
         raise InfogeomError(f"cannot read benchmark runs from {path}: {exc}") from None
 
 
-def save_runs(path: Path, runs: dict[str, dict]) -> None:
-    data = json.dumps({"runs": runs, "torch": torch.__version__}, indent=1).encode()
-    atomic_write(path, lambda f: f.write(data))
+def save_run(path: Path, key: str, record: dict) -> None:
+    """Add one finished run to the runs JSON under an exclusive lock (several ``run`` processes may fill the
+    same file: each rereads it before writing)."""
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = load_runs(path)
+        runs[key] = record
+        data = json.dumps({"runs": runs, "torch": torch.__version__}, indent=1).encode()
+        atomic_write(path, lambda f: f.write(data))
 
 
 def run_one(label: str, lr: float, size: str, seed: int, args) -> dict:
@@ -161,19 +182,17 @@ def run_one(label: str, lr: float, size: str, seed: int, args) -> dict:
 
 
 def cmd_run(args) -> int:
-    runs = load_runs(args.out)
     labels = args.only or list(GRIDS)
     todo = [(label, lr, seed) for label in labels for lr in (args.lrs or GRIDS[label][0]) for seed in args.seeds]
     for label, lr, seed in todo:
         key = run_key(label, args.size, lr, seed)
-        done = runs.get(key)
+        done = load_runs(args.out).get(key)  # reread: another process may have finished it
         if done and (done["error"] or done["steps"] >= args.steps):
             print(f"{key}: done", flush=True)
             continue
         start = time.time()
-        runs[key] = run_one(label, lr, args.size, seed, args)
-        save_runs(args.out, runs)
-        r = runs[key]
+        r = run_one(label, lr, args.size, seed, args)
+        save_run(args.out, key, r)
         hit = time_to_target(r["curve"], args.show_target) if r["curve"] else None
         status = r["error"] or (f"{r['steps']} steps, best val {min(v for *_, v in r['curve']):.4f}, "
                                 f"steps→{args.show_target}: {hit[0]:.0f}" if hit else
@@ -241,7 +260,9 @@ def cmd_report(args) -> int:
     best = {n: by_lr[pick_lr(by_lr, target)] for n, by_lr in grouped.items()}
     cost = {n: costs[n]["sec_per_step"] if costs else 1.0 for n in best}
     budget = args.budget or min(max(r["steps"] for r in rs) * cost[n] for n, rs in best.items())
-    ref = "muon" if "muon" in best else next(iter(best))
+    if args.reference and args.reference not in best:
+        raise InfogeomError(f"no runs of reference {args.reference!r} for size {args.size!r} in {args.out}")
+    ref = args.reference or ("muon" if "muon" in best else next(iter(best)))
     by_seed = {n: {r["seed"]: r for r in rs} for n, rs in best.items()}
     rows = []
     for n, rs in best.items():
@@ -333,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--show-target", type=float, default=1.85, help="loss whose steps-to are printed per run")
     rep.add_argument("--costs", type=Path, help="costs JSON from optimizers_lockstep.py --costs-out")
     rep.add_argument("--target", type=float, help="target validation loss (default: tuned AdamW's, see doc)")
+    rep.add_argument("--reference", help="label the time ratios are taken against (default: muon)")
     rep.add_argument("--budget", type=float, help="wall-clock (or step) budget for the loss at budget")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", message="Learning rate changed between steps")  # heavyball, on warmup

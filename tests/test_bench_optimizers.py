@@ -26,7 +26,8 @@ def _write_runs(path: Path) -> None:
             _run("adamw", 2e-3, 0, 0.002), _run("adamw", 2e-3, 1, 0.002),
             _run("muon", 1e-2, 0, 0.020), _run("muon", 1e-2, 1, 0.016),
             _run("muon", 2e-2, 0, 0.001), _run("muon", 2e-2, 1, 0.001)]
-    bench.save_runs(path, {bench.run_key(r["optimizer"], "default", r["lr"], r["seed"]): r for r in runs})
+    for r in runs:
+        bench.save_run(path, bench.run_key(r["optimizer"], "default", r["lr"], r["seed"]), r)
 
 
 def test_report_combines_steps_with_quiet_costs(tmp_path, capsys):
@@ -50,6 +51,11 @@ def test_report_combines_steps_with_quiet_costs(tmp_path, capsys):
     assert rows["muon"]["loss_at_budget"]["value"] == pytest.approx((1.4 + 1.72) / 2)
     assert (tmp_path / "runs_default_report.png").exists()
     assert "T/T_muon" in capsys.readouterr().out
+    assert bench.main(["report", "--out", str(out), "--costs", str(costs), "--reference", "adamw"]) == 0
+    rows = {r["optimizer"]: r for r in json.loads((tmp_path / "runs_default_report.json").read_text())["rows"]}
+    assert rows["muon"]["time_to_target_vs_ref"]["value"] == pytest.approx(1 / 1.6)
+    assert bench.main(["report", "--out", str(out), "--reference", "soap", "--target", "2.5"]) == 2
+    assert "no runs of reference 'soap'" in capsys.readouterr().err
 
 
 def test_report_without_costs_counts_steps_and_missing_costs_fail(tmp_path, capsys):

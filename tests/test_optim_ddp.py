@@ -1,4 +1,5 @@
-"""K-FAC / EK-FAC / NGCG under DDP: 2 gloo processes (``torch.distributed.run``) with different data per rank.
+"""K-FAC / EK-FAC / Fisher–Muon / NGCG under DDP: 2 gloo processes (``torch.distributed.run``) with different
+data per rank.
 
 Every rank must end with bit-identical parameters (factors all-reduced, decompositions split over the ranks
 and broadcast, CG products averaged). Oracle for the all-reduce itself: the factor state after one step equals
@@ -31,6 +32,7 @@ WORKER = textwrap.dedent("""
     runs = {
         "kfac": (0.3, dict(cov_every=1, inv_every=2, adamw_lr=1e-2)),
         "ekfac": (1e-2, dict(cov_every=2, inv_every=2)),
+        "fisher-muon": (1e-2, dict(cov_every=2, inv_every=2, exponent=0.5)),
         "ngcg": (1.0, dict(cg_iters=4, curvature_batch=4)),
         "empirical": (0.3, dict(fisher="empirical", cov_every=1, inv_every=1)),
     }
@@ -61,7 +63,7 @@ def test_ranks_stay_identical_and_factors_are_averaged(tmp_path):
          str(tmp_path), os.path.dirname(__file__)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     initial = [p.detach() for p in small_gpt().parameters()]
-    for name in ("kfac", "ekfac", "ngcg", "empirical"):
+    for name in ("kfac", "ekfac", "fisher-muon", "ngcg", "empirical"):
         r0, r1 = (torch.load(tmp_path / f"{name}_{r}.pt", weights_only=True) for r in (0, 1))
         assert not torch.equal(r0["batch"][0], r1["batch"][0])  # the ranks really saw different data
         assert all(torch.equal(a, b) for a, b in zip(r0["params"], r1["params"])), name

@@ -42,6 +42,30 @@ def test_muon_on_hidden_matrices_adamw_elsewhere_equal_the_standalone_torch_opti
         assert torch.equal(p, q), name
 
 
+def test_float32_newton_schulz_is_torch_muon_up_to_bfloat16_rounding():
+    """``ns_dtype="float32"`` (FloatNSMuon) takes torch Muon's step: after 4 steps every hidden matrix moved as
+    with torch's bfloat16 Newton–Schulz (cosine ≥ 0.99, norm within 2%), and its state loads into torch's."""
+    models = [tiny_gpt(dtype=torch.float32, n_layer=2) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [build_optimizer("muon", m, 1e-2, 0.1, ns_dtype=d) for m, d in zip(models, ("float32", "bfloat16"))]
+    assert type(opts[0]._parts[0]).__name__ == "FloatNSMuon" and type(opts[1]._parts[0]) is torch.optim.Muon
+    before = [p.detach().clone() for p in models[0].parameters()]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        x, y = torch.randint(0, 11, (4, 8), generator=g), torch.randint(0, 11, (4, 8), generator=g)
+        for m, o in zip(models, opts):
+            o.zero_grad()
+            lm_loss(m(x), y).backward()
+            o.step()
+    hidden = {id(p) for p in opts[0]._parts[0].param_groups[0]["params"]}
+    for p, q, p0 in zip(models[0].parameters(), models[1].parameters(), before):
+        if id(p) in hidden:
+            u, v = p.detach() - p0, q.detach() - p0
+            cos = float((u * v).sum() / (u.norm() * v.norm()))
+            assert cos >= 0.99 and abs(float(u.norm() / v.norm()) - 1) < 0.02, cos
+    opts[1].load_state_dict(opts[0].state_dict())
+
+
 def test_hybrid_state_dict_relinks_parts_to_the_loaded_groups():
     model = tiny_gpt(dtype=torch.float32)
     opt = build_optimizer("muon", model, 1e-3, 0.0)

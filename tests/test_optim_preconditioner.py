@@ -14,7 +14,8 @@ from infogeom.models import lm_loss
 from infogeom.models.quantum_layer import add_quantum_layers, quantum_layers
 from infogeom.operators import flatten
 from infogeom.optim import build_optimizer, preconditioner
-from infogeom.optim.preconditioner import ema_factor, heavy_ball_factor, newton_schulz_map
+from infogeom.optim.polar import newton_schulz_map
+from infogeom.optim.preconditioner import ema_factor, heavy_ball_factor
 
 STEPS = 4
 
@@ -142,8 +143,9 @@ def test_kfac_with_momentum_and_kl_clip():
     assert min(nus) < 1.0  # the KL clip was active, so ν is part of P
 
 
-def test_muon_polar_metric():
-    model, names, h = run("muon", 2e-2, 0.1)
+@pytest.mark.parametrize("ns_dtype", ["bfloat16", "float64"])
+def test_muon_polar_metric(ns_dtype):
+    model, names, h = run("muon", 2e-2, 0.1, ns_dtype=ns_dtype)
     opt = h[0]["opt"]
     hidden = {n for n, p in model.named_parameters() for q in opt._parts[0].param_groups[0]["params"] if p is q}
     mu = opt._parts[0].param_groups[0]["momentum"]
@@ -180,6 +182,29 @@ def test_muon_polar_metric():
             # values (slope 3.4 per step), so its update only approximates the float64 polynomial
             cos = float((applied * got).sum() / (applied.norm() * got.norm()))
             assert (applied - got).norm() <= 0.3 * got.norm() and cos >= 0.95, (t, n, cos)
+            if ns_dtype == "float64":  # FloatNSMuon: the polynomial itself
+                assert (applied - got).norm() <= 1e-8 * got.norm(), (t, n)
+
+
+@pytest.mark.parametrize("exponent, max_basis_dim", [(0.5, None), (0.25, 16)])
+def test_fisher_muon_whitened_polar_metric(exponent, max_basis_dim):
+    """Fisher–Muon's P, exact for the float64 polynomial: with Newton–Schulz run in float64 the applied update
+    is −η P⁻¹M̃ to round-off (M̃ the Nesterov momentum); ``max_basis_dim=16`` keeps the 24/32-wide sides
+    diagonal."""
+    mu = 0.9
+    model, names, h = run("fisher-muon", 2e-2, 0.1, exponent=exponent, momentum=mu, cov_every=1, inv_every=2,
+                          ns_dtype="float64", max_basis_dim=max_basis_dim)
+    opt = h[0]["opt"]
+    core = core_names(opt, model)
+    assert any(opt.core.state[la.weight]["QL"] is None or opt.core.state[la.weight]["QR"] is None
+               for la in opt.core.layers) == (max_basis_dim is not None)
+
+    def direction(t, n):
+        if n in core:  # Nesterov momentum M̃ = (1 − μ) g + μ buf, buf the EMA
+            return (1 - mu) * h[t]["grad"][n] + mu * ema(h, t, n, mu)
+        return ema(h, t, n, opt.param_groups[-1]["betas"][0])
+
+    check(h, names, model, direction, rtol=1e-7)
 
 
 def test_newton_schulz_map_matches_the_matrix_iteration():
@@ -216,7 +241,7 @@ def test_qng_damped_metric():
 
 def test_preconditioner_before_any_step_is_one_clear_error():
     model = tiny_gpt()
-    for name in ("adamw", "kfac", "ekfac", "muon", "ngcg"):
+    for name in ("adamw", "kfac", "ekfac", "fisher-muon", "muon", "ngcg"):
         with pytest.raises(InfogeomError):
             preconditioner(build_optimizer(name, model, 1e-3), model)
     with pytest.raises(InfogeomError, match="no preconditioner is known"):

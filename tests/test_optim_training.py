@@ -18,6 +18,7 @@ SETTINGS = {
     "ekfac": (1e-2, dict(cov_every=2, inv_every=3)),
     "ngcg": (1.0, dict(cg_iters=5, curvature_batch=4)),
     "muon": (1e-2, {}),
+    "fisher-muon": (3e-2, dict(cov_every=2, inv_every=3, exponent=0.5)),
 }
 
 
@@ -110,7 +111,7 @@ def test_state_dict_round_trip_resumes_bit_exactly(name):
     assert not all(torch.equal(a, b) for a, b in zip(_params(straight), _params(first)))  # it did move
 
 
-@pytest.mark.parametrize("name", ["kfac", "ekfac", "ngcg"])
+@pytest.mark.parametrize("name", ["kfac", "ekfac", "fisher-muon", "ngcg"])
 def test_injected_nan_gradient_is_skipped_with_a_warning(name):
     lr, options = SETTINGS[name]
     model = small_gpt()
@@ -136,7 +137,7 @@ def _damping(opt) -> float:
     return opt.core.damping if hasattr(opt, "core") else opt.state[next(iter(opt.state))]["damping"]
 
 
-@pytest.mark.parametrize("name", ["kfac", "ekfac"])
+@pytest.mark.parametrize("name", ["kfac", "ekfac", "fisher-muon"])
 def test_failed_eigendecomposition_is_skipped_with_a_warning(name, monkeypatch):
     lr, options = SETTINGS[name]
     model = small_gpt()

@@ -54,6 +54,7 @@ from ..operators import (
     KroneckerOperator,
     ScaledOperator,
 )
+from .polar import polar_metric
 
 
 @dataclass
@@ -166,24 +167,12 @@ def sgd_parts(optimizer: torch.optim.Optimizer, names: dict[int, str], batch=Non
     return parts
 
 
-def newton_schulz_map(s: torch.Tensor, steps: int, coefficients: Sequence[float]) -> torch.Tensor:
-    """The quintic Newton–Schulz iteration on singular values: s ← a s + b s³ + c s⁵, ``steps`` times."""
-    a, b, c = coefficients
-    for _ in range(steps):
-        s = a * s + b * s**3 + c * s**5
-    return s
-
-
 def muon_block(name: str, M: torch.Tensor, steps: int, coefficients: Sequence[float], scale: float,
                eps: float) -> KroneckerBlock:
     """The Kronecker block P with P⁻¹M = ``scale``·NS(M) (module doc): the Gram eigenbasis of the smaller side."""
-    Md = M.double()
-    left = M.shape[0] <= M.shape[1]
-    U, S, Vh = torch.linalg.svd(Md if left else Md.T, full_matrices=False)
-    shrunk = newton_schulz_map(S / Md.norm().clamp_min(eps), steps, coefficients)
-    floor = torch.finfo(torch.float64).eps * float(S.max().clamp_min(eps))
-    e = (S.clamp_min(floor) / (scale * shrunk.clamp_min(floor))).to(M.dtype)
-    Q, ones = U.to(M.dtype), torch.ones(M.shape[1] if left else M.shape[0], dtype=M.dtype, device=M.device)
+    Q, e, left = polar_metric(M, steps, coefficients, eps)
+    Q, e = Q.to(M.dtype), (e / scale).to(M.dtype)
+    ones = torch.ones(M.shape[1] if left else M.shape[0], dtype=M.dtype, device=M.device)
     grid = torch.outer(e, ones) if left else torch.outer(ones, e)
     return KroneckerBlock(name, None, Q if left else None, None if left else Q, grid)
 
