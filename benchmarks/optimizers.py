@@ -68,9 +68,10 @@ SIZES: dict[str, dict] = {"default": {}, "3m": {"n_layer": 6, "n_embd": 192, "n_
 #: ``muon-fp32``: torch's Muon step with Newton–Schulz in float32 instead of bfloat16 (same progress per step;
 #: bfloat16 matmuls are ≈ 15× slower than float32 on this project's CPUs, so this is the fair Muon baseline
 #: for wall-clock here). ``fisher-muon``: exponent ¼, one-sided like ``ekfac-1s``; its ablations (one lr
-#: each, ``--lrs`` to move it): ``-p0`` exponent 0 (Muon in the same code), ``-p05`` exponent ½, ``-full``
-#: every side whitened in its eigenbasis, ``-head`` the tied embedding/head preconditioned too (its head use's
-#: factors), ``-cov4`` factors every 4 steps and bases every 20 (half the capture cost).
+#: each, ``--lrs`` to move it): ``-p0`` exponent 0 (Muon in the same code), ``-p05`` exponent ½ (``-p0125``,
+#: ``-p0375``: ⅛, ⅜), ``-full`` every side whitened in its eigenbasis, ``-head`` the tied embedding/head
+#: preconditioned too (its head use's factors), ``-cov4`` factors every 4 steps and bases every 20 (half the
+#: capture cost).
 GRIDS: dict[str, tuple[list[float], dict]] = {
     "adamw": ([2e-3, 4e-3, 8e-3, 1.6e-2], {}),
     "muon": ([4e-3, 8e-3, 1.6e-2, 3.2e-2], {}),
@@ -83,6 +84,8 @@ GRIDS: dict[str, tuple[list[float], dict]] = {
     "fisher-muon": ([4e-3, 8e-3, 1.6e-2, 3.2e-2], {"max_basis_dim": 256}),
     "fisher-muon-p0": ([1.6e-2], {"optimizer": "fisher-muon", "max_basis_dim": 256, "exponent": 0.0}),
     "fisher-muon-p05": ([1.6e-2], {"optimizer": "fisher-muon", "max_basis_dim": 256, "exponent": 0.5}),
+    "fisher-muon-p0125": ([1.6e-2], {"optimizer": "fisher-muon", "max_basis_dim": 256, "exponent": 0.125}),
+    "fisher-muon-p0375": ([1.6e-2], {"optimizer": "fisher-muon", "max_basis_dim": 256, "exponent": 0.375}),
     "fisher-muon-full": ([1.6e-2], {"optimizer": "fisher-muon"}),
     "fisher-muon-head": ([1.6e-2], {"optimizer": "fisher-muon", "max_basis_dim": 256, "head": True}),
     "fisher-muon-cov4": ([1.6e-2], {"optimizer": "fisher-muon", "max_basis_dim": 256, "cov_every": 4,

@@ -26,6 +26,7 @@ OPTIMIZERS = {
     "muon": (1e-2, {}),
     "kfac": (3e-3, {"cov_every": 1, "inv_every": 1}),
     "ekfac": (1e-2, {"cov_every": 1, "inv_every": 1}),
+    "fisher-muon": (1e-2, {"cov_every": 1, "inv_every": 1}),
     "ngcg": (0.5, {"cg_iters": 5, "curvature_batch": 2}),
     "qng": (1e-2, {"damping": 1e-2}),
 }

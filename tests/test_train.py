@@ -348,7 +348,7 @@ def test_hugging_face_gpt2_trains_and_reloads(corpus, tmp_path):
     assert model.block_size == 16
 
 
-@pytest.mark.parametrize("name", ["adamw", "sgd", "muon", "kfac", "ekfac", "ngcg"])
+@pytest.mark.parametrize("name", ["adamw", "sgd", "muon", "kfac", "ekfac", "fisher-muon", "ngcg"])
 def test_registered_optimizers_train_checkpoint_and_resume_bit_exactly(corpus, tmp_path, name):
     """Each registered optimizer runs through the unchanged loop; its state survives a weights_only file."""
     extra = {"max_steps": 6, "optim.name": name, "optim.lr": 1e-3}
