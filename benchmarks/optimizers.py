@@ -243,7 +243,8 @@ def pick_lr(by_lr: dict[float, list[dict]], target: float) -> float:
 
 
 def cmd_report(args) -> int:
-    runs = [r for r in load_runs(args.out).values() if r["size"] == args.size and r["curve"] and not r["error"]]
+    runs = [r for r in load_runs(args.out).values() if r["size"] == args.size and r["curve"] and not r["error"]
+            and (not args.only or r["optimizer"] in args.only)]
     grouped: dict[str, dict[float, list[dict]]] = {}
     for r in runs:
         grouped.setdefault(r["optimizer"], {}).setdefault(r["lr"], []).append(r)
@@ -347,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--size", choices=list(SIZES), default="default")
         q.add_argument("--out", type=Path, default=RESULTS / "optimizer_runs.json", help="runs JSON (resumable)")
     r, rep = sub.choices["run"], sub.choices["report"]
-    r.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], help="comma-separated labels")
+    for q in (r, rep):
+        q.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], help="comma-separated labels")
     r.add_argument("--lrs", type=floats, help="override the labels' lr grids")
     r.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0])
     r.add_argument("--steps", type=int, default=350)
@@ -360,12 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--reference", help="label the time ratios are taken against (default: muon)")
     rep.add_argument("--budget", type=float, help="wall-clock (or step) budget for the loss at budget")
     args = p.parse_args(argv)
+    unknown = [n for n in args.only or [] if n not in GRIDS]
     warnings.filterwarnings("ignore", message="Learning rate changed between steps")  # heavyball, on warmup
     try:
+        if unknown:
+            raise InfogeomError(f"unknown --only label(s) {', '.join(unknown)}; choose from {', '.join(GRIDS)}")
         if args.cmd == "run":
-            unknown = [n for n in args.only or [] if n not in GRIDS]
-            if unknown:
-                raise InfogeomError(f"unknown --only label(s) {', '.join(unknown)}; choose from {', '.join(GRIDS)}")
             if args.threads:
                 torch.set_num_threads(args.threads)
             return cmd_run(args)

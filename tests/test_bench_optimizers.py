@@ -56,6 +56,9 @@ def test_report_combines_steps_with_quiet_costs(tmp_path, capsys):
     assert rows["muon"]["time_to_target_vs_ref"]["value"] == pytest.approx(1 / 1.6)
     assert bench.main(["report", "--out", str(out), "--reference", "soap", "--target", "2.5"]) == 2
     assert "no runs of reference 'soap'" in capsys.readouterr().err
+    assert bench.main(["report", "--out", str(out), "--only", "adamw", "--target", "2.5"]) == 0
+    rows = json.loads((tmp_path / "runs_default_report.json").read_text())["rows"]
+    assert [r["optimizer"] for r in rows] == ["adamw"]
 
 
 def test_report_without_costs_counts_steps_and_missing_costs_fail(tmp_path, capsys):
