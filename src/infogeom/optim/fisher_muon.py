@@ -32,11 +32,11 @@ import torch
 import torch.nn as nn
 
 from ..errors import InfogeomError
-from ..operators import KroneckerBlock, KroneckerOperator, from_eigenbasis, to_eigenbasis
+from ..operators import KroneckerBlock, from_eigenbasis, to_eigenbasis
 from .kronecker import KroneckerCore, KroneckerOptimizer, select_layers
 from .polar import NS_COEFFICIENTS, NS_DTYPES, NS_STEPS, newton_schulz, polar_metric
 from .polar import ns_dtype as ns_dtype_of
-from .preconditioner import PreconditionerPart, ema_factor, group_lr
+from .preconditioner import ema_factor
 from .registry import register_optimizer
 from .step import decoupled_update_
 
@@ -97,15 +97,6 @@ class FisherMuonCore(KroneckerCore):
         cast = [None if Q is None else Q.to(M.dtype) for Q in (QL, QR)]
         return KroneckerBlock(names[id(layer.weight)], None if layer.bias is None else names[id(layer.bias)],
                               *cast, grid.to(M.dtype), bias_row=layer.bias_row)
-
-    def _preconditioner_parts(self, names: dict[int, str], batch=None) -> list[PreconditionerPart]:
-        if self.steps == 0:
-            raise InfogeomError(f"{self.label}: no preconditioner before the first step")
-        blocks = [self._block(la, names) for la in self.layers]
-        params = [p for la in self.layers for p in la.params]
-        op = KroneckerOperator(blocks, [names[id(p)] for p in params], [p.shape for p in params])
-        factor, kind = self._stability()
-        return [PreconditionerPart(op, group_lr(self.param_groups[0]), factor, kind)]
 
     def _stability(self) -> tuple[float, str]:
         """Muon's momentum: EMA μ with the Nesterov look-ahead by default, c = ema_factor(μ, nesterov)."""

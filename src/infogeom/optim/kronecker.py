@@ -285,14 +285,16 @@ class KroneckerCore(Preconditioned, Optimizer):
         """(edge-of-stability factor c, momentum form) of the update (:mod:`.preconditioner`)."""
         raise NotImplementedError
 
+    def _block(self, layer: Layer, names: dict[int, str]) -> KroneckerBlock:
+        """The layer's block of P: its eigenbases and :meth:`_grid`."""
+        _, _, QL, QR = self.eigenbasis(layer)
+        return KroneckerBlock(names[id(layer.weight)], None if layer.bias is None else names[id(layer.bias)],
+                              QL, QR, self._grid(layer), bias_row=layer.bias_row)
+
     def _preconditioner_parts(self, names: dict[int, str], batch=None) -> list[PreconditionerPart]:
         if self.steps == 0:
             raise InfogeomError(f"{self.label}: no preconditioner before the first step")
-        blocks = []
-        for la in self.layers:
-            _, _, QL, QR = self.eigenbasis(la)
-            blocks.append(KroneckerBlock(names[id(la.weight)], None if la.bias is None else names[id(la.bias)],
-                                         QL, QR, self._grid(la), bias_row=la.bias_row))
+        blocks = [self._block(la, names) for la in self.layers]
         params = [p for la in self.layers for p in la.params]
         op = KroneckerOperator(blocks, [names[id(p)] for p in params], [p.shape for p in params])
         factor, kind = self._stability()
