@@ -99,7 +99,7 @@ def eigenthings_lambda_max(model, batch, tol: float, seed: int) -> tuple[float, 
 
 def product_costs(model, batch, repeats: int, k: int = 8) -> dict[str, float]:
     """Median seconds of one gradient and of one Hessian-vector product by each implementation (per column
-    where k columns are done at once)."""
+    where k columns are done at once), over interleaved rounds of all implementations."""
     x, y = batch
     params = [p for p in model.parameters()]
     ops = {b: HessianOperator(model, batch, batched=b) for b in (False, True)}
@@ -119,11 +119,13 @@ def product_costs(model, batch, repeats: int, k: int = 8) -> dict[str, float]:
             "HVP, central finite differences (2 gradients)": lambda: fd.matmat(V[:, :1]),
             "HVP, hessian-eigenthings (graph rebuilt)": lambda: he_op.matvec(V[:, 0].clone()),
         }
-        out = {}
-        for name, fn in fns.items():
+        for fn in fns.values():
             fn()  # warm-up
-            out[name] = timed(fn, max(repeats, 3))[1] / (k if f"{k} columns" in name else 1)
-    return out
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        for _ in range(max(repeats, 5)):  # interleaved rounds: a drifting machine speed hits every line alike
+            for name, fn in fns.items():
+                times[name].append(timed(fn, 1)[1])
+    return {name: statistics.median(t) / (k if f"{k} columns" in name else 1) for name, t in times.items()}
 
 
 def timed(fn, repeats: int):
