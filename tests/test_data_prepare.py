@@ -1,5 +1,8 @@
 """prepare_data: deterministic split, memory-mapped token cache reuse, seeded batches, bad input."""
 
+import multiprocessing as mp
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -65,7 +68,7 @@ def test_second_call_reuses_the_memmapped_cache(corpus, tmp_path, encode_calls):
         f.write("new content changes the key\n")
     prepare_data(corpus, "bpe:280", cache_dir=tmp_path)
     assert len(encode_calls) == 6
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and p.name != ".locks"]  # no temporaries
 
 
 def test_corrupted_cache_entry_is_rebuilt(corpus, tmp_path, encode_calls):
@@ -166,3 +169,23 @@ def test_bad_inputs(corpus, tmp_path):
         args = dict(split="train", batch_size=2, block_size=8, generator=g) | kwargs
         with pytest.raises(InfogeomError, match=match):
             data.get_batch(**args)
+
+
+def _prepare_and_count(args):
+    corpus, cache, start = args
+    time.sleep(max(0.0, start - time.time()))  # every worker starts building at the same moment
+    data = prepare_data(corpus, "bpe:300", cache_dir=cache)
+    return int(len(data.train)), int(len(data.val))
+
+
+def test_concurrent_builders_of_one_entry_all_succeed(tmp_path):
+    """Study workers on a fresh machine prepare the same corpus at once: each must get the one entry (the race
+    once moved a finished entry aside under a reader: 'could not be read back after writing it')."""
+    path = tmp_path / "big.txt"
+    path.write_text(TEXT * 20)  # BPE training makes the build slow enough for the builders to overlap
+    with mp.get_context("spawn").Pool(4) as pool:
+        start = time.time() + 3.0  # after the spawned workers have imported torch
+        sizes = pool.map(_prepare_and_count, [(str(path), str(tmp_path / "cache"), start)] * 4, chunksize=1)
+    assert len(set(sizes)) == 1
+    entries = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]  # .locks: the flock files
+    assert len(entries) == 1 and not list((tmp_path / "cache").glob(".tmp-*"))

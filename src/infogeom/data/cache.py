@@ -2,15 +2,18 @@
 
 Cache root: ``$INFOGEOM_CACHE``, else ``$XDG_CACHE_HOME/infogeom``, else ``~/.cache/infogeom``. Every file is
 written to a temporary name in the same folder and renamed into place (``os.replace`` is atomic on POSIX and
-Windows), so a crash or Ctrl-C never leaves a half-written file under its final name.
+Windows), so a crash or Ctrl-C never leaves a half-written file under its final name. :func:`file_lock` makes
+processes that would build the same entry at once (a study's workers on a fresh machine) take turns.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -52,6 +55,19 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing; released when the block ends or the process
+    dies), so that check-then-build of one cache entry runs in one process at a time."""
+    ensure_dir(path.parent)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def make_temp_dir(parent: Path) -> Path:

