@@ -14,7 +14,8 @@ hessian-eigenthings runs the same three: its Lanczos takes a fixed number of ste
 steps (from 4, 6, 8, 12, 16, 24, 32, 48) whose residual meets the same tolerance, and that run is timed; its
 Hutchinson trace and SLQ use the same probe counts. First, the cost of one product: a gradient, one
 Hessian-vector product per column (our CPU default), k columns vmapped, forward-over-reverse, central
-finite differences of two gradients, and hessian-eigenthings' (which rebuilds the gradient graph each time).
+finite differences of two gradients, hessian-eigenthings' (which rebuilds the gradient graph each time), and a
+quadratic form vᵀHv by second differences of float64 loss values (no product: all a Hutchinson probe needs).
 
 Prints a table (agreement and time ratio ours/peer) and saves benchmarks/results/curvature.json and a
 density plot. Needs ``bash scripts/install-peers.sh`` (PyHessian, hessian-eigenthings). Goal: λ_max within 1%,
@@ -44,6 +45,7 @@ from infogeom.curvature import (
     broaden,
     eigsh,
     hutchinson,
+    hutchpp,
     js_distance,
     power_iteration,
     spectral_density,
@@ -51,7 +53,7 @@ from infogeom.curvature import (
 )
 from infogeom.curvature.density import default_grid, default_sigma
 from infogeom.data import prepare_data
-from infogeom.geometry import FiniteDifferenceHessian, HessianOperator
+from infogeom.geometry import FiniteDifferenceHessian, HessianOperator, SecondDifferences
 from infogeom.geometry.functional import curvature_mode, loss_function
 from infogeom.models import GPT, GPTConfig, lm_loss
 from infogeom.operators import unflatten
@@ -106,6 +108,7 @@ def product_costs(model, batch, repeats: int, k: int = 8) -> dict[str, float]:
     V = torch.randn(ops[False].dim, k, generator=torch.Generator().manual_seed(0))
     he_op = eigenthings_hessian(model, batch)
     fd = FiniteDifferenceHessian(model, batch)
+    forms = SecondDifferences(model, batch, ops[False].names)
     named = {n: p.detach() for n, p in model.named_parameters()}
     tangent = dict(zip(named, unflatten(V[:, 0], [p.shape for p in named.values()])))
     with curvature_mode(model):
@@ -118,6 +121,7 @@ def product_costs(model, batch, repeats: int, k: int = 8) -> dict[str, float]:
             "HVP, forward-over-reverse (jvp of grad)": lambda: jvp(g, (named,), (tangent,)),
             "HVP, central finite differences (2 gradients)": lambda: fd.matmat(V[:, :1]),
             "HVP, hessian-eigenthings (graph rebuilt)": lambda: he_op.matvec(V[:, 0].clone()),
+            f"vᵀHv, {k} second differences (float64 forwards; per column)": lambda: forms(V),
         }
         for fn in fns.values():
             fn()  # warm-up
@@ -145,6 +149,8 @@ def main() -> None:
     p.add_argument("--probes", type=int, default=64, help="Hutchinson probes (both)")
     p.add_argument("--rtol", type=float, default=0.01, help="relative SE of the equal-accuracy trace (1%%)")
     p.add_argument("--max-products", type=int, default=512, help="budget of the adaptive XTrace")
+    p.add_argument("--hutchpp-probes", type=int, default=96,
+                   help="Hutch++ of the equal-accuracy trace: a sketch of a third of these (products)")
     p.add_argument("--density-tol", type=float, default=0.0,
                    help="L1 tolerance of the adaptive density (default: the peers' measured L1)")
     p.add_argument("--slq-probes", type=int, default=4)
@@ -392,12 +398,16 @@ def main() -> None:
             "same probes count",
         )
     )
-    # equal accuracy: relative SE ``--rtol``. Ours: adaptive XTrace (timed). PyHessian (Hutchinson): the probes
-    # its measured per-probe sd needs, at its measured time per probe (projected). eigenthings: its Hutch++
-    # with our product count (timed); if its SE is above ours, the products it would need are projected by
-    # SE ∝ 1/m (the fastest Hutch++ rate, so the projection favours the peer).
-    xt, t_xt = timed(lambda: xtrace(op(), 32, torch.Generator().manual_seed(args.seed), rtol=args.rtol,
-                                    max_probes=args.max_products), args.repeats)
+    # equal accuracy: relative SE ``--rtol``. Ours: adaptive Hutch++ whose quadratic forms (low-rank part and
+    # residual) are product-free second differences, only the sketch A S costs products (timed); adaptive XTrace
+    # (products only) beside it. PyHessian (Hutchinson): the probes its measured per-probe sd needs, at its
+    # measured time per probe (projected). eigenthings: its Hutch++ with our count of products and forms
+    # (timed); if its SE is above ours, the products it would need are projected by SE ∝ 1/m (the fastest
+    # Hutch++ rate, so the projection favours the peer).
+    xt, t_xt = timed(lambda: hutchpp(op(), args.hutchpp_probes, torch.Generator().manual_seed(args.seed),
+                                     rtol=args.rtol, max_probes=4096), args.repeats)
+    xtr, t_xtr = timed(lambda: xtrace(op(), 32, torch.Generator().manual_seed(args.seed), rtol=args.rtol,
+                                      max_probes=args.max_products), args.repeats)
     target = args.rtol * abs(xt.value)
     ph_needed = math.ceil((float(samples.std(ddof=1)) / target) ** 2)
     t_ph_eq = ph_needed * t_ph_tr / args.probes
@@ -409,6 +419,8 @@ def main() -> None:
         "time_ours": t_xt, "pyhessian_probes_needed": ph_needed, "time_pyhessian_projected": t_ph_eq,
         "eigenthings_hutchpp": hpp.estimate, "eigenthings_hutchpp_se": hpp.stderr,
         "time_eigenthings_hutchpp": t_hpp, "time_eigenthings_projected": t_hpp * he_scale,
+        "ours_sketch_products": args.hutchpp_probes // 3, "xtrace": xtr.value, "xtrace_se": xtr.stderr,
+        "xtrace_products": xtr.num_probes, "time_xtrace": t_xtr,
     }
     rows.append(
         (
@@ -419,8 +431,21 @@ def main() -> None:
             "equal accuracy",
             f"{t_xt / t_ph_eq:.2f}",
             f"{t_xt / (t_hpp * he_scale):.2f}",
-            f"XTrace {xt.num_probes} products; PyHessian projected from its per-probe sd and time; eigenthings "
-            f"Hutch++ at our products{' ×' + format(he_scale, '.2f') + ' (SE ∝ 1/m)' if he_scale > 1 else ''}",
+            f"Hutch++ {args.hutchpp_probes // 3} products + {xt.num_probes - args.hutchpp_probes // 3} forms; "
+            f"PyHessian projected from its per-probe sd and time; eigenthings Hutch++ at our count"
+            f"{' ×' + format(he_scale, '.2f') + ' (SE ∝ 1/m)' if he_scale > 1 else ''}",
+        )
+    )
+    rows.append(
+        (
+            f"trace, {100 * args.rtol:g}% rel. SE, XTrace",
+            f"{xtr.value:.5g} ± {xtr.stderr:.2g}",
+            "",
+            "",
+            "products only",
+            f"{t_xtr / t_ph_eq:.2f}",
+            f"{t_xtr / (t_hpp * he_scale):.2f}",
+            f"adaptive XTrace, {xtr.num_probes} products (the exact-product estimator)",
         )
     )
 

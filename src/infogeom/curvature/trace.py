@@ -82,11 +82,12 @@ def hutchinson_samples(
     op: CurvatureOperator, num_probes: int, generator: torch.Generator | None = None, chunk: int = 16
 ) -> torch.Tensor:
     """The quadratic forms v_iᵀ A v_i ``[num_probes]`` for Rademacher v_i (``chunk`` probes per
-    ``matmat``)."""
+    ``quadratic_forms`` call: a product each, or less where the operator has a cheaper form, e.g. the Hessian's
+    second differences of the loss)."""
     out = []
     for start in range(0, num_probes, chunk):
         V = rademacher((op.dim, min(chunk, num_probes - start)), op.dtype, op.device, generator)
-        out.append((V * op.matmat(V)).sum(0))
+        out.append(op.quadratic_forms(V))
     return torch.cat(out)
 
 
@@ -133,14 +134,13 @@ def hutchpp(
     k = int(num_probes) // 3
     S = rademacher((op.dim, k), op.dtype, op.device, generator)
     Q, _ = torch.linalg.qr(op.matmat(S))
-    low_rank = torch.trace(Q.T @ op.matmat(Q))
+    low_rank = op.quadratic_forms(Q).sum()  # tr(QᵀAQ) = Σ_j q_jᵀAq_j: product-free where the operator allows
 
     def residual(n: int, chunk: int = 16) -> torch.Tensor:  # chunked: memory O(P·(k + chunk)), not O(P·n)
         out = []
         for start in range(0, n, chunk):
             G = rademacher((op.dim, min(chunk, n - start)), op.dtype, op.device, generator)
-            Gp = G - Q @ (Q.T @ G)
-            out.append((Gp * op.matmat(Gp)).sum(0))
+            out.append(op.quadratic_forms(G - Q @ (Q.T @ G)))
         return torch.cat(out)
 
     spent = 2 * k

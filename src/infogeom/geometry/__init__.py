@@ -31,7 +31,7 @@ from .functional import (
     match_parameters,
     select_parameters,
 )
-from .hessian import FiniteDifferenceHessian, HessianOperator
+from .hessian import FiniteDifferenceHessian, HessianOperator, SecondDifferences
 from .kfac import KFACCapture, LayerFactors, LayerInfo, ekfac_factors, kfac_factors
 from .report import approximation_report, format_report
 from .structured import EKFACOperator, KFACOperator, diagonal_approximation, low_rank_approximation
@@ -41,6 +41,7 @@ __all__ = [
     "FiniteDifferenceHessian",
     "FisherOperator",
     "GGNOperator", "HessianOperator", "KFACCapture", "KFACOperator", "KroneckerOperator", "LayerFactors",
+    "SecondDifferences",
     "LayerInfo", "LowRankOperator", "OutputCurvatureOperator", "approximation_report", "conjugate_gradient",
     "curvature_mode", "diagonal_approximation", "ekfac_factors", "flatten", "format_report", "kfac_factors",
     "logits_function", "loss_function",

@@ -76,3 +76,10 @@ class DatasetOperator(CurvatureOperator):
         for m, w in enumerate(self.weights):
             out.add_(self._part(m)._matmat(V), alpha=w)
         return out
+
+    def _quadratic_forms(self, V: torch.Tensor) -> torch.Tensor:
+        """vᵀAv = Σ_m (N_m/N) vᵀA_m v, each part by its own (possibly product-free) quadratic forms."""
+        out = V.new_zeros(V.shape[1])
+        for m, w in enumerate(self.weights):
+            out.add_(self._part(m)._quadratic_forms(V), alpha=w)
+        return out

@@ -3,8 +3,9 @@
 Fisher, GGN, Hessian, K-FAC, EK-FAC, an optimizer's preconditioner and the Fubini–Study metric are all symmetric
 P×P operators A. A subclass implements only :meth:`CurvatureOperator._matmat` (``V [P, k] -> A V [P, k]`` on flat
 vectors); everything else (matvec on parameter-shaped tensors, dense form, diagonal, trace, scipy adapter, damped
-solve) comes from here, and structured operators override what they can do better: ``_solve`` (an exact
-``(A + λI)^{-1} B`` for ``B [P, k]``, e.g. K-FAC's eigenbasis inverse), ``diagonal``, ``trace``, ``to_dense``.
+solve, quadratic forms) comes from here, and structured operators override what they can do better: ``_solve``
+(an exact ``(A + λI)^{-1} B`` for ``B [P, k]``, e.g. K-FAC's eigenbasis inverse), ``diagonal``, ``trace``,
+``to_dense``, ``_quadratic_forms`` (vᵀAv without the product, e.g. the Hessian's from loss values alone).
 
 Flat-vector convention: parameters are flattened in the order of ``operator.names`` and concatenated, so a flat
 vector has length ``P = sum(numel)``. ``matvec`` accepts either a flat ``[P]`` tensor or a list of tensors with
@@ -83,6 +84,16 @@ class CurvatureOperator:
                 raise InfogeomError(f"matvec expects a flat vector of length {self.dim}, got {tuple(v.shape)}")
             return self._matmat(v.to(self.dtype)[:, None])[:, 0]
         return unflatten(self.matvec(flatten(v)), self.shapes)
+
+    def quadratic_forms(self, V: torch.Tensor) -> torch.Tensor:
+        """``[k]``: v_iᵀ A v_i for the columns of ``V [P, k]`` (all a Hutchinson trace needs)."""
+        if V.ndim != 2 or V.shape[0] != self.dim:
+            raise InfogeomError(f"quadratic_forms expects a [{self.dim}, k] tensor, got {tuple(V.shape)}")
+        return self._quadratic_forms(V.to(self.dtype))
+
+    def _quadratic_forms(self, V: torch.Tensor) -> torch.Tensor:
+        """Default: (V ⊙ AV) summed over P, one product per column."""
+        return (V * self._matmat(V)).sum(0)
 
     def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
         return self.matmat(v) if v.ndim == 2 else self.matvec(v)

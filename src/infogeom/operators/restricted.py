@@ -25,10 +25,16 @@ class RestrictedOperator(CurvatureOperator):
         self.names, self.shapes = [name], [torch.Size([index.numel()])]
         self.dtype, self.device = op.dtype, op.device
 
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+    def _embed(self, V: torch.Tensor) -> torch.Tensor:
         full = torch.zeros(self.op.dim, V.shape[1], dtype=self.dtype, device=self.device)
         full[self.index] = V
-        return self.op.matmat(full)[self.index]
+        return full
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self.op.matmat(self._embed(V))[self.index]
+
+    def _quadratic_forms(self, V: torch.Tensor) -> torch.Tensor:
+        return self.op.quadratic_forms(self._embed(V))  # vᵀA_SSv = (E_S v)ᵀ A (E_S v)
 
 
 def parameter_index(op: CurvatureOperator, names: Sequence[str]) -> torch.Tensor:

@@ -1,0 +1,117 @@
+"""Quadratic forms vᵀAv (all a Hutchinson trace needs): the Hessian's product-free second differences of float64
+loss values against the dense float64 Hessian (jacrev of grad), the "auto" confirmation and its fallback, and the
+restricted / data-set operators' forms against the sub-block / weighted sum of dense Hessians."""
+
+import copy
+
+import pytest
+import torch
+from conftest import random_batch, tiny_gpt
+from test_hessian_operator import dense_hessian
+
+from infogeom.curvature import hutchinson, hutchpp
+from infogeom.errors import InfogeomError
+from infogeom.geometry import FiniteDifferenceHessian, HessianOperator, SecondDifferences
+from infogeom.geometry.dataset import DatasetOperator
+from infogeom.models import lm_loss
+from infogeom.operators import RestrictedOperator, rademacher
+
+
+def float32_model_and_dense_hessian(seed=0, **overrides):
+    """A float32 tiny GPT (second differences are for parameters below float64 precision), its batch, and the
+    dense float64 Hessian of the same weights."""
+    torch.manual_seed(seed)
+    model = tiny_gpt(dtype=torch.float32, **overrides)
+    batch = random_batch(seed=seed + 3)
+    return model, batch, dense_hessian(copy.deepcopy(model).double(), batch)
+
+
+def forms_of(H, V):
+    return (V.double() * (H @ V.double())).sum(0)
+
+
+def probes(dim, k, seed=1, dtype=torch.float32):
+    return rademacher((dim, k), dtype, torch.device("cpu"), torch.Generator().manual_seed(seed))
+
+
+def test_second_differences_match_dense_hessian_forms():
+    model, batch, H = float32_model_and_dense_hessian()
+    names = [n for n, _ in model.named_parameters()]
+    V = probes(H.shape[0], 6)
+    V[:, 5] = torch.randn(H.shape[0])  # a Gaussian column: the step is relative to ‖v‖, any v works
+    sd = SecondDifferences(model, batch, names)
+    got, want = sd(V).double(), forms_of(H, V)
+    scale = V.double().norm(dim=0) * (H @ V.double()).norm(dim=0)  # |vᵀHv| ≤ ‖v‖‖Hv‖; vᵀHv may be ~0 (indefinite)
+    assert ((got - want).abs() / scale).max() <= 1e-5, (got, want)
+    assert sd(torch.zeros(H.shape[0], 1))[0] == 0
+    # the step is where round-off and truncation balance; a step 10⁴× too small is visibly worse (a test that can fail)
+    bad = SecondDifferences(model, batch, names, step=sd.step * 1e-4)(V).double()
+    assert ((bad - want).abs() / scale).max() > 10 * ((got - want).abs() / scale).max()
+
+
+@pytest.mark.parametrize("cls", [HessianOperator, FiniteDifferenceHessian])
+def test_operators_forms_modes(cls):
+    model, batch, H = float32_model_and_dense_hessian(seed=1)
+    V = probes(H.shape[0], 5, seed=2)
+    want = forms_of(H, V)
+    scale = V.double().norm(dim=0) * (H @ V.double()).norm(dim=0)
+    for forms in ("auto", "difference", "backward"):
+        op = cls(model, batch, forms=forms)
+        got = op.quadratic_forms(V).double()
+        tol = 5e-3 if (cls is FiniteDifferenceHessian and op.forms == "backward") else 1e-4  # FD products: float32
+        assert ((got - want).abs() / scale).max() <= tol, (forms, got, want)
+        if forms == "auto":  # confirmed on the first probe, then product-free; the first value is the exact one
+            assert op.forms == "difference" and op.form_error <= op.form_tolerance
+            assert f"quadratic forms: {op.forms}" in repr(op)
+    assert cls(model, batch).forms == "auto"
+    assert cls(tiny_gpt(), batch).forms == "backward"  # float64 parameters: the product is already exact enough
+    with pytest.raises(InfogeomError, match="forms must be"):
+        cls(model, batch, forms="magic")
+    with pytest.raises(InfogeomError, match="quadratic_forms expects"):
+        cls(model, batch).quadratic_forms(V[:-1])
+
+
+def test_auto_falls_back_when_the_forward_rounds():
+    """A forward that rounds a parameter-dependent activation (here the logits to bfloat16, as transformers' Llama
+    RMSNorm rounds to float32) makes the loss values useless for second differences: "auto" must detect it on the
+    first probe and keep the exact products."""
+    model, batch, _ = float32_model_and_dense_hessian(seed=2)
+
+    def rounded(logits, y):
+        return lm_loss(logits.to(torch.bfloat16).to(logits.dtype), y)
+
+    op = HessianOperator(model, batch, loss=rounded)
+    V = probes(op.dim, 4, seed=3)
+    want = HessianOperator(model, batch, loss=rounded, forms="backward").quadratic_forms(V)
+    got = op.quadratic_forms(V)
+    assert op.forms == "backward" and op.form_error > op.form_tolerance
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_restricted_and_dataset_forms_against_dense():
+    model, batch, H = float32_model_and_dense_hessian(seed=3)
+    full = HessianOperator(model, batch, forms="difference")
+    index = torch.arange(10, 60)
+    V = probes(index.numel(), 4, seed=5)
+    got = RestrictedOperator(full, index, "slice").quadratic_forms(V).double()
+    want = forms_of(H[index][:, index], V)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+    x, y = batch
+    batches = [(x[:1], y[:1]), (x[1:], y[1:])]  # two micro-batches: H = Σ_m (N_m/N) H_m = the batch's H
+    op = DatasetOperator(lambda b, m: HessianOperator(model, b, forms="difference"), batches)
+    V = probes(H.shape[0], 4, seed=6)
+    got, want = op.quadratic_forms(V).double(), forms_of(H, V)
+    scale = V.double().norm(dim=0) * (H @ V.double()).norm(dim=0)
+    assert ((got - want).abs() / scale).max() <= 1e-4
+
+
+def test_trace_estimators_use_the_forms():
+    """Same generator, same probes: Hutchinson and Hutch++ give the exact-product estimate through the
+    product-free forms, and every Hutchinson sample is the dense vᵀHv."""
+    model, batch, H = float32_model_and_dense_hessian(seed=4)
+    for estimator in (hutchinson, hutchpp):
+        exact = estimator(HessianOperator(model, batch, forms="backward"), 12, torch.Generator().manual_seed(7))
+        cheap = estimator(HessianOperator(model, batch, forms="difference"), 12, torch.Generator().manual_seed(7))
+        assert cheap.num_probes == exact.num_probes
+        assert abs(cheap.value - exact.value) <= 1e-4 * abs(float(torch.trace(H))) + 1e-4 * exact.stderr
