@@ -10,10 +10,12 @@ error; one fixed batch of 16×64 tokens of the ``pydoc`` corpus, math attention)
   PyHessian's at tol 1e-3 (a Ritz value's error is ≈ residual²/gap); hessian-eigenthings, also Lanczos:
   the fewest steps whose residual meets the same ``--our-tol``, see ``benchmarks/curvature.py``);
 - ``trace`` to a relative standard error of ``--rtol``, each library with its best estimator: ours adaptive
-  XTrace (timed); PyHessian's Hutchinson with the probes that a 32-probe Hutchinson pilot's sd predicts for
-  the same rtol (pilot untimed; capped at ``--max-probes`` and then its time scaled up to the predicted
-  count, marked "projected"); hessian-eigenthings' Hutch++ with our XTrace's product count (its naive SE
-  is recorded beside ours);
+  Hutch++ whose quadratic forms are product-free (second differences of float64 loss values, one-sided for
+  the residual probes; a sketch of ``--hutchpp-sketch`` products; timed); PyHessian's Hutchinson with the
+  probes that a 32-probe Hutchinson pilot's sd predicts for the same rtol (pilot untimed; capped at
+  ``--max-probes`` and then its time scaled up to the predicted count, marked "projected");
+  hessian-eigenthings' Hutch++ with our count of products and forms, its time then scaled by its SE over
+  the target SE (SE ∝ 1/m, Hutch++'s best rate, so the projection favours the peer; marked "projected");
 - ``density``: SLQ with ``--slq-probes`` × ``--slq-steps`` for all.
 
 Every (size, library, quantity) runs in a fresh process so that its peak resident memory (``ru_maxrss``
@@ -83,7 +85,7 @@ def measure(size: str, library: str, quantity: str, args: argparse.Namespace) ->
     from peers.eigenthings_compat import eigenthings_hessian
     from peers.pyhessian_compat import pyhessian_session
 
-    from infogeom.curvature import eigsh, spectral_density, xtrace
+    from infogeom.curvature import eigsh, hutchpp, spectral_density
     from infogeom.curvature.trace import hutchinson_samples
     from infogeom.geometry import HessianOperator
 
@@ -100,7 +102,7 @@ def measure(size: str, library: str, quantity: str, args: argparse.Namespace) ->
             res = eigsh(op, k=1, which="LM", tol=args.our_tol, residuals=False, generator=gen)
             value, products = float(res.values[0]), res.matvecs
         elif quantity == "trace":
-            est = xtrace(op, 32, gen, rtol=args.rtol, max_probes=args.max_probes)
+            est = hutchpp(op, 3 * args.hutchpp_sketch, gen, rtol=args.rtol, max_probes=4096)
             value, products, stderr = est.value, est.num_probes, est.stderr
         else:
             sd = spectral_density(op, args.slq_probes, args.slq_steps, generator=gen)
@@ -134,6 +136,9 @@ def measure(size: str, library: str, quantity: str, args: argparse.Namespace) ->
     if library == "pyhessian" and quantity == "trace" and args.probes > args.max_probes:
         extra["projected_from"] = {"probes": args.max_probes, "seconds": seconds}
         seconds *= args.probes / args.max_probes
+    if library == "eigenthings" and quantity == "trace":  # to the target SE (its SE ∝ 1/m at best)
+        extra["projected_from"] = {"seconds": seconds, "stderr": stderr}
+        seconds *= stderr / (args.rtol * abs(args.target))
     if library == "infogeom" and quantity == "trace":  # the Hutchinson probes for the same rtol (untimed pilot)
         pilot = hutchinson_samples(op, 32, gen)
         extra["hutchinson_probes"] = math.ceil((float(pilot.std()) / (args.rtol * abs(value))) ** 2)
@@ -190,6 +195,9 @@ def main() -> None:
     p.add_argument("--weights", help=argparse.SUPPRESS)  # the trained model, for the --one runs
     p.add_argument("--probes", type=int, default=0, help=argparse.SUPPRESS)  # PyHessian's trace probes
     p.add_argument("--hutchpp-probes", type=int, default=0, help=argparse.SUPPRESS)  # eigenthings' Hutch++
+    p.add_argument("--target", type=float, default=0.0, help=argparse.SUPPRESS)  # our trace (the peers' target SE)
+    p.add_argument("--hutchpp-sketch", type=int, default=32, help="products in our Hutch++ sketch (32)")
+    p.add_argument("--out", default="curvature_scaling", help="results/<out>.{json,png,svg} (curvature_scaling)")
     p.add_argument("--one", nargs=3, metavar=("SIZE", "LIBRARY", "QUANTITY"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
@@ -202,19 +210,19 @@ def main() -> None:
         return
     records, tmp = [], Path(tempfile.mkdtemp(prefix="curvature-scaling-"))
     common = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
-              ("tol", "our_tol", "rtol", "max_probes", "slq_probes", "slq_steps", "threads", "seed")]
+              ("tol", "our_tol", "rtol", "max_probes", "slq_probes", "slq_steps", "threads", "seed", "hutchpp_sketch")]
     for size in args.sizes.split(","):
         weights = tmp / f"{size}.pt"
         train(size, args.train_steps, args.seed, weights)
         for q in args.quantities.split(","):
-            probes = hpp = 0
+            probes = hpp = target = 0
             for lib in LIBRARIES:
                 cmd = [sys.executable, __file__, "--one", size, lib, q, f"--probes={probes}", f"--hutchpp-probes={hpp}",
-                       f"--weights={weights}", *common]
+                       f"--target={target}", f"--weights={weights}", *common]
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
                 r = json.loads(out)
                 if lib == "infogeom" and q == "trace":  # the peers get the probes ours needed for the same rtol
-                    probes, hpp = r["hutchinson_probes"], r["products"]
+                    probes, hpp, target = r["hutchinson_probes"], r["products"], r["value"]
                 records.append(r)
                 print(f"{size:>5} {q:<10} {lib:<12} {r['seconds']:8.2f} s  {r['peak_extra_mb']:8.1f} MB  "
                       f"value {r['value']:.5g}  products {r['products']}", flush=True)
@@ -233,11 +241,12 @@ def main() -> None:
     for k, v in summary.items():
         print(f"  {k:<28} {v if isinstance(v, dict) else f'{v:.2f}'}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "curvature_scaling.json").write_text(json.dumps(
-        {"settings": {k: v for k, v in vars(args).items() if k not in ("one", "probes", "hutchpp_probes", "weights")},
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(
+        {"settings": {k: v for k, v in vars(args).items()
+                      if k not in ("one", "probes", "hutchpp_probes", "weights", "target")},
          "threads": torch.get_num_threads(), "records": records, "summary": summary}, indent=1))
-    plot(records, RESULTS / "curvature_scaling.png")
-    print(f"saved {RESULTS / 'curvature_scaling.json'} and curvature_scaling.png/.svg")
+    plot(records, RESULTS / f"{args.out}.png")
+    print(f"saved {RESULTS / args.out}.json and {args.out}.png/.svg")
 
 
 if __name__ == "__main__":

@@ -16,10 +16,11 @@ One fixed batch (``--batch`` × 64 tokens) per model. Quantities, ours vs hessia
   fixed-step ``he.lanczos`` runs that meet the tolerance (see ``benchmarks/curvature.py``); error against our
   Lanczos at tol 1e-8 (untimed);
 - ``hutchinson``: the Hutchinson trace with the same ``--probes`` Rademacher probes for both;
-- ``trace``: equal accuracy — our adaptive XTrace stopped at the relative standard error that
+- ``trace``: equal accuracy — our adaptive Hutch++ (a sketch of 16 products; its quadratic forms product-free,
+  by second differences of float64 loss values, one-sided for the sign-symmetric residual probes; the forms
+  mode the operator's first-probe check chose is recorded) stopped at the relative standard error that
   ``he.hutchinson`` reached with ``--probes`` probes, against that ``he.hutchinson`` run; ``hutch++``:
-  ``he.hutch_plus_plus`` (the peer's best trace estimator) with our XTrace's product count, its naive SE
-  beside our jackknife SE (which is conservative, 1.1–2× the actual error);
+  ``he.hutch_plus_plus`` (the peer's best trace estimator) with our count of products and forms;
 - ``density``: SLQ with ``--slq-probes`` × ``--slq-steps`` for both (first two moments compared).
 
 Each (model, library, quantity) runs in a fresh process so that its peak resident memory (``ru_maxrss`` minus
@@ -99,7 +100,7 @@ def measure(name: str, library: str, quantity: str, args: argparse.Namespace) ->
     from curvature_scaling import _rss_mb
     from peers.eigenthings_compat import eigenthings_hessian
 
-    from infogeom.curvature import eigsh, hutchinson, spectral_density, xtrace
+    from infogeom.curvature import eigsh, hutchinson, hutchpp, spectral_density
     from infogeom.geometry import HessianOperator
     from infogeom.models.hf import inspect_checkpoint, load_pretrained
 
@@ -119,8 +120,8 @@ def measure(name: str, library: str, quantity: str, args: argparse.Namespace) ->
             est = hutchinson(op, args.probes, gen)
             out.update(value=est.value, stderr=est.stderr, products=est.num_probes)
         elif quantity == "trace":
-            est = xtrace(op, 32, gen, rtol=args.rtol, max_probes=args.max_probes)
-            out.update(value=est.value, stderr=est.stderr, products=est.num_probes)
+            est = hutchpp(op, 48, gen, rtol=args.rtol, max_probes=args.max_probes)
+            out.update(value=est.value, stderr=est.stderr, products=est.num_probes, forms=op.forms)
         else:
             sd = spectral_density(op, args.slq_probes, args.slq_steps, generator=gen)
             out.update(value=sd.moment(1), moment2=sd.moment(2), products=args.slq_probes * args.slq_steps)
@@ -131,7 +132,7 @@ def measure(name: str, library: str, quantity: str, args: argparse.Namespace) ->
         elif quantity == "hutchinson":  # also the equal-accuracy reference of our "trace"
             est = he.hutchinson(eigenthings_hessian(model, batch), num_samples=args.probes, seed=args.seed)
             out.update(value=est.estimate, stderr=est.stderr, products=args.probes)
-        elif quantity == "hutch++":  # at our XTrace's products (passed as --probes)
+        elif quantity == "hutch++":  # at our count of products and forms (passed as --probes)
             est = he.hutch_plus_plus(eigenthings_hessian(model, batch), num_matvecs=args.probes, seed=args.seed)
             out.update(value=est.estimate, stderr=est.stderr, products=args.probes)
         else:
@@ -192,7 +193,7 @@ def main() -> None:
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
     p.add_argument("--tol", type=float, default=1e-3, help="λ_max relative residual tolerance (both)")
     p.add_argument("--probes", type=int, default=64, help="Hutchinson probes (both)")
-    p.add_argument("--max-probes", type=int, default=1024, help="cap of our adaptive XTrace's products")
+    p.add_argument("--max-probes", type=int, default=1024, help="cap of our adaptive Hutch++ (products and forms)")
     p.add_argument("--slq-probes", type=int, default=4)
     p.add_argument("--slq-steps", type=int, default=32)
     p.add_argument("--batch", type=int, default=8, help="sequences of 64 tokens in the fixed batch")
@@ -219,20 +220,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hf-curvature-") as tmp:
         for name in names:
             path = prepare(name, Path(tmp), args.train_steps, args.seed)
-            peer_rse, xtrace_products = 0.0, 0
+            peer_rse, our_count = 0.0, 0
             for q in QUANTITIES:
-                # the peer first: its trace SE is our target; its Hutch++ gets our XTrace's products
+                # the peer first: its trace SE is our target; its Hutch++ gets our count of products and forms
                 for lib in ("eigenthings", "infogeom") if q != "hutch++" else ("infogeom", "eigenthings"):
                     if lib == "eigenthings" and q == "trace":  # the same run as its Hutchinson
                         r = {**next(r for r in records if r["model"] == name and r["library"] == lib
                                     and r["quantity"] == "hutchinson"), "quantity": q}
-                    elif lib == "infogeom" and q == "hutch++":  # our XTrace run again, set beside its Hutch++
+                    elif lib == "infogeom" and q == "hutch++":  # our Hutch++ run again, set beside its Hutch++
                         r = {**next(r for r in records if r["model"] == name and r["library"] == lib
                                     and r["quantity"] == "trace"), "quantity": q}
                     else:
-                        r = run(name, lib, q, path, args, peer_rse, xtrace_products if q == "hutch++" else None)
+                        r = run(name, lib, q, path, args, peer_rse, our_count if q == "hutch++" else None)
                     if lib == "infogeom" and q == "trace":
-                        xtrace_products = r["products"]
+                        our_count = r["products"]
                     if lib == "eigenthings" and q == "hutchinson":
                         peer_rse = r["stderr"] / abs(r["value"])
                     records.append(r)

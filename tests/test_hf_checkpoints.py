@@ -254,3 +254,20 @@ def test_tokenizer_encodes_like_autotokenizer_and_round_trips(root):
     assert ours._parallel and ours.encode(text) == theirs(text, add_special_tokens=False)["input_ids"]
     again = tokenizer_from_dict(ours.to_dict())  # what a checkpoint stores: no folder needed
     assert again.encode(text) == ours.encode(text) and again.decode(ours.encode(text)) == text
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_product_free_hessian_forms_on_every_family(root, family):
+    """Second differences of float64 loss values (Llama's float32-rounding RMSNorm evaluated in float64 there)
+    agree with the exact vᵀHv of a float32 checkpoint, so "auto" takes them on every family; the model's own
+    RMSNorm is back afterwards."""
+    model, _, _ = load_model(f"hf:{root / family}")
+    batch = random_batch(vocab=256, B=2, T=8, seed=6)
+    V = torch.randint(0, 2, (sum(p.numel() for p in model.parameters()), 3),
+                      generator=torch.Generator().manual_seed(1)).float() * 2 - 1
+    exact = HessianOperator(model, batch, forms="backward").quadratic_forms(V)
+    op = HessianOperator(model, batch)
+    got = op.quadratic_forms(V)
+    assert op.forms == "difference", (family, op.form_error)
+    torch.testing.assert_close(got, exact, rtol=1e-4, atol=1e-4 * float(exact.abs().max()))
+    assert not any("forward" in vars(m) for m in model.modules())

@@ -44,6 +44,10 @@ def test_second_differences_match_dense_hessian_forms():
     scale = V.double().norm(dim=0) * (H @ V.double()).norm(dim=0)  # |vᵀHv| ≤ ‖v‖‖Hv‖; vᵀHv may be ~0 (indefinite)
     assert ((got - want).abs() / scale).max() <= 1e-5, (got, want)
     assert sd(torch.zeros(H.shape[0], 1))[0] == 0
+    # one-sided (sign-symmetric probes): exact in the mean over ±v, per column within a small odd cubic term
+    one, minus = sd(V, one_sided=True).double(), sd(-V, one_sided=True).double()
+    assert (((one + minus) / 2 - got).abs() / scale).max() <= 1e-6
+    assert ((one - want).abs() / scale).max() <= 1e-2
     # the step is where round-off and truncation balance; a step 10⁴× too small is visibly worse (a test that can fail)
     bad = SecondDifferences(model, batch, names, step=sd.step * 1e-4)(V).double()
     assert ((bad - want).abs() / scale).max() > 10 * ((got - want).abs() / scale).max()
@@ -107,11 +111,14 @@ def test_restricted_and_dataset_forms_against_dense():
 
 
 def test_trace_estimators_use_the_forms():
-    """Same generator, same probes: Hutchinson and Hutch++ give the exact-product estimate through the
-    product-free forms, and every Hutchinson sample is the dense vᵀHv."""
+    """Same generator, same probes: Hutchinson and Hutch++ through the product-free (one-sided) forms give the
+    exact-product estimate up to a small fraction of its standard error; and over many probes the one-sided
+    Hutchinson mean converges to the dense trace (its cubic term averages out)."""
     model, batch, H = float32_model_and_dense_hessian(seed=4)
     for estimator in (hutchinson, hutchpp):
         exact = estimator(HessianOperator(model, batch, forms="backward"), 12, torch.Generator().manual_seed(7))
         cheap = estimator(HessianOperator(model, batch, forms="difference"), 12, torch.Generator().manual_seed(7))
         assert cheap.num_probes == exact.num_probes
-        assert abs(cheap.value - exact.value) <= 1e-4 * abs(float(torch.trace(H))) + 1e-4 * exact.stderr
+        assert abs(cheap.value - exact.value) <= 0.05 * exact.stderr
+    est = hutchinson(HessianOperator(model, batch), 400, torch.Generator().manual_seed(8), chunk=100)
+    assert abs(est.value - float(torch.trace(H))) <= 3 * est.stderr

@@ -83,11 +83,11 @@ def hutchinson_samples(
 ) -> torch.Tensor:
     """The quadratic forms v_iᵀ A v_i ``[num_probes]`` for Rademacher v_i (``chunk`` probes per
     ``quadratic_forms`` call: a product each, or less where the operator has a cheaper form, e.g. the Hessian's
-    second differences of the loss)."""
+    one-sided differences of the loss, exact in the mean over the sign-symmetric probes)."""
     out = []
     for start in range(0, num_probes, chunk):
         V = rademacher((op.dim, min(chunk, num_probes - start)), op.dtype, op.device, generator)
-        out.append(op.quadratic_forms(V))
+        out.append(op.quadratic_forms(V, symmetric=True))
     return torch.cat(out)
 
 
@@ -140,7 +140,7 @@ def hutchpp(
         out = []
         for start in range(0, n, chunk):
             G = rademacher((op.dim, min(chunk, n - start)), op.dtype, op.device, generator)
-            out.append(op.quadratic_forms(G - Q @ (Q.T @ G)))
+            out.append(op.quadratic_forms(G - Q @ (Q.T @ G), symmetric=True))  # (I − QQᵀ)G: sign-symmetric
         return torch.cat(out)
 
     spent = 2 * k

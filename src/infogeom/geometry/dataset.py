@@ -77,9 +77,9 @@ class DatasetOperator(CurvatureOperator):
             out.add_(self._part(m)._matmat(V), alpha=w)
         return out
 
-    def _quadratic_forms(self, V: torch.Tensor) -> torch.Tensor:
+    def _quadratic_forms(self, V: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
         """vᵀAv = Σ_m (N_m/N) vᵀA_m v, each part by its own (possibly product-free) quadratic forms."""
         out = V.new_zeros(V.shape[1])
         for m, w in enumerate(self.weights):
-            out.add_(self._part(m)._quadratic_forms(V), alpha=w)
+            out.add_(self._part(m)._quadratic_forms(V, symmetric), alpha=w)
         return out

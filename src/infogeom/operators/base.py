@@ -85,13 +85,15 @@ class CurvatureOperator:
             return self._matmat(v.to(self.dtype)[:, None])[:, 0]
         return unflatten(self.matvec(flatten(v)), self.shapes)
 
-    def quadratic_forms(self, V: torch.Tensor) -> torch.Tensor:
-        """``[k]``: v_iᵀ A v_i for the columns of ``V [P, k]`` (all a Hutchinson trace needs)."""
+    def quadratic_forms(self, V: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
+        """``[k]``: v_iᵀ A v_i for the columns of ``V [P, k]`` (all a Hutchinson trace needs). ``symmetric=True``
+        says the columns are drawn from a sign-symmetric distribution and only their mean matters: an operator
+        may then return values exact only in expectation over ±v (the Hessian's one-sided differences)."""
         if V.ndim != 2 or V.shape[0] != self.dim:
             raise InfogeomError(f"quadratic_forms expects a [{self.dim}, k] tensor, got {tuple(V.shape)}")
-        return self._quadratic_forms(V.to(self.dtype))
+        return self._quadratic_forms(V.to(self.dtype), symmetric)
 
-    def _quadratic_forms(self, V: torch.Tensor) -> torch.Tensor:
+    def _quadratic_forms(self, V: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
         """Default: (V ⊙ AV) summed over P, one product per column."""
         return (V * self._matmat(V)).sum(0)
 
