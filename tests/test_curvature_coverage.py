@@ -103,3 +103,30 @@ def test_adaptive_hutchpp_reaches_its_target_with_fewer_products_than_hutchinson
     for est in (h, hpp):
         assert abs(est.value - float(op.to_dense().trace())) <= 4 * est.stderr
     assert hpp.num_probes < h.num_probes
+
+
+class _CheapForms(DenseOperator):
+    """A dense operator whose quadratic forms are declared 10× cheaper than a product (as the Hessian's
+    second differences are 3×): the adaptive Hutch++ then prefers residual forms to a bigger sketch."""
+
+    def form_cost(self, symmetric: bool = False) -> float:
+        return 0.1
+
+
+def test_adaptive_hutchpp_grows_its_sketch_when_the_residual_would_cost_more():
+    """Rank 64 plus noise, an initial sketch of 4: the residual needs thousands of probes, so the sketch doubles
+    (4 → 64+) until it holds the low-rank part, keeping Q orthonormal (the estimate unbiased, within its SE) —
+    unless forms are cheap enough that the residual probes win."""
+    g = torch.Generator().manual_seed(0)
+    U = torch.linalg.qr(torch.randn(300, 64, dtype=torch.float64, generator=g))[0]
+    A = U @ torch.diag(torch.linspace(1, 10, 64, dtype=torch.float64)) @ U.T
+    A += 1e-3 * torch.eye(300, dtype=torch.float64)
+    truth = float(A.trace())
+    grown = hutchpp(DenseOperator(A), 12, torch.Generator().manual_seed(1), rtol=0.01, max_probes=4000)
+    fixed = hutchpp(DenseOperator(A), 12, torch.Generator().manual_seed(1))  # the initial sketch's residual spread
+    needed_at_k4 = 4 * (fixed.stderr / (0.01 * truth)) ** 2  # its 4 residual probes → probes for 1% at k = 4
+    assert needed_at_k4 > 1000 and grown.num_probes < needed_at_k4 / 4
+    assert abs(grown.value - truth) <= 4 * grown.stderr and grown.stderr <= 0.015 * truth
+    cheap = hutchpp(_CheapForms(A), 12, torch.Generator().manual_seed(1), rtol=0.01, max_probes=4000)
+    assert cheap.num_probes > grown.num_probes  # more (cheap) residual forms, a smaller sketch
+    assert abs(cheap.value - truth) <= 4 * cheap.stderr

@@ -122,3 +122,24 @@ def test_trace_estimators_use_the_forms():
         assert abs(cheap.value - exact.value) <= 0.05 * exact.stderr
     est = hutchinson(HessianOperator(model, batch), 400, torch.Generator().manual_seed(8), chunk=100)
     assert abs(est.value - float(torch.trace(H))) <= 3 * est.stderr
+
+
+def test_wrappers_pass_the_forms_through():
+    """Damped (vᵀAv + λ‖v‖²), scaled (c·vᵀAv) and counted operators keep the product-free forms and their cost;
+    the counter tells forms from products."""
+    from infogeom.operators import CountedOperator, DampedOperator, ScaledOperator
+
+    model, batch, H = float32_model_and_dense_hessian(seed=5)
+    V = probes(H.shape[0], 3, seed=9)
+    base = HessianOperator(model, batch, forms="difference")
+    want = forms_of(H, V)
+    scale = V.double().norm(dim=0) * (H @ V.double()).norm(dim=0)
+    damped = DampedOperator(base, 0.5).quadratic_forms(V).double()
+    assert (((damped - want - 0.5 * V.double().square().sum(0)) / scale).abs()).max() <= 1e-4
+    scaled = ScaledOperator(base, 3.0).quadratic_forms(V).double()
+    assert (((scaled - 3 * want) / scale).abs()).max() <= 3e-4
+    counted = CountedOperator(base)
+    counted.quadratic_forms(V)
+    assert (counted.forms, counted.products) == (3, 0)
+    for op in (DampedOperator(base, 0.5), ScaledOperator(base, 3.0), counted):
+        assert op.form_cost(True) == base.form_cost(True) < 1

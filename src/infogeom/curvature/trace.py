@@ -122,19 +122,30 @@ def hutchpp(
     rtol: float | None = None,
     max_probes: int = 1024,
 ) -> TraceEstimate:
-    """Hutch++ trace estimate from ``num_probes`` products (rounded down to a multiple of 3, at least 6).
+    """Hutch++ trace estimate from ``num_probes`` products (rounded down to a multiple of 3, at least 6): a
+    sketch of k = num_probes/3 products, tr(QᵀAQ) by k quadratic forms and k residual forms, each form a
+    product or cheaper (:meth:`CurvatureOperator.form_cost`).
 
-    With ``rtol`` (adaptive, after A-Hutch++ of Persson, Cortinovis & Kressner 2022, keeping the sketch): a
-    pilot of ``MIN_ADAPTIVE`` residual probes predicts, by SE ∝ 1/√n, how many reach SE ≈ rtol·|trace|;
-    that many *fresh* probes (at most ``max_probes`` products in all, pilot included) give the estimate.
-    The pilot is not reused: stopping on the same samples' SE under-covers (88% for 2 SE on heavy-tailed
-    residuals), while the fresh sample's size is independent of its values, so its error bar keeps its
-    coverage."""
+    With ``rtol`` (adaptive, after A-Hutch++ of Persson, Cortinovis & Kressner 2022): a pilot of
+    ``MIN_ADAPTIVE`` residual probes predicts, by SE ∝ 1/√n, how many reach SE ≈ rtol·|trace|. While the
+    residual forms that doubling the sketch is expected to save (half of them: a residual variance ∝ 1/k, as for
+    a spectrum decaying like 1/i) cost more than the doubling (k products, k two-sided forms and a new pilot),
+    the sketch doubles, grown by block Gram–Schmidt (Q stays orthonormal, earlier products and forms are kept).
+    Then that many *fresh* probes (at most ``max_probes`` products and forms in all, pilots included) give the
+    estimate. Pilots are not reused: stopping on the same samples' SE under-covers (88% for 2 SE on
+    heavy-tailed residuals), while the fresh sample's size is independent of its values, so its error bar keeps
+    its coverage (for *every* orthonormal Q the estimate is unbiased, see the module doc)."""
     _check(num_probes, 6)
     k = int(num_probes) // 3
-    S = rademacher((op.dim, k), op.dtype, op.device, generator)
-    Q, _ = torch.linalg.qr(op.matmat(S))
-    low_rank = op.quadratic_forms(Q).sum()  # tr(QᵀAQ) = Σ_j q_jᵀAq_j: product-free where the operator allows
+    Q = torch.empty(op.dim, 0, dtype=op.dtype, device=op.device)
+
+    def grow(Q: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q extended by an orthonormal basis of (I − QQᵀ) A S for n fresh probes S, and tr(Q_newᵀ A Q_new)."""
+        Y = op.matmat(rademacher((op.dim, n), op.dtype, op.device, generator))
+        for _ in range(2):  # twice is enough (Kahan–Parlett)
+            Y = Y - Q @ (Q.T @ Y)
+        new, _ = torch.linalg.qr(Y)
+        return torch.cat([Q, new], dim=1), op.quadratic_forms(new).sum()  # Σ_j q_jᵀAq_j: product-free if it can
 
     def residual(n: int, chunk: int = 16) -> torch.Tensor:  # chunked: memory O(P·(k + chunk)), not O(P·n)
         out = []
@@ -143,14 +154,23 @@ def hutchpp(
             out.append(op.quadratic_forms(G - Q @ (Q.T @ G), symmetric=True))  # (I − QQᵀ)G: sign-symmetric
         return torch.cat(out)
 
+    Q, low_rank = grow(Q, k)
     spent = 2 * k
     if rtol is None:
         rest = residual(k)
     else:
-        pilot = residual(MIN_ADAPTIVE)
-        spent += MIN_ADAPTIVE
-        value, sd = abs(float(low_rank + pilot.mean())), float(pilot.std())
-        wanted = math.ceil((sd / (rtol * value)) ** 2) if value > 0 else max_probes
+        residual_cost, sketch_cost = op.form_cost(symmetric=True), 1 + op.form_cost()
+        while True:
+            pilot = residual(MIN_ADAPTIVE)
+            spent += MIN_ADAPTIVE
+            value, sd = abs(float(low_rank + pilot.mean())), float(pilot.std())
+            wanted = math.ceil((sd / (rtol * value)) ** 2) if value > 0 else max_probes
+            more = Q.shape[1]
+            if (wanted / 2 * residual_cost <= more * sketch_cost + MIN_ADAPTIVE * residual_cost
+                    or spent + 2 * more + 2 * MIN_ADAPTIVE > max_probes or 2 * more > op.dim):
+                break
+            Q, extra = grow(Q, more)
+            low_rank, spent = low_rank + extra, spent + 2 * more
         rest = residual(max(MIN_ADAPTIVE, min(wanted, max_probes - spent)))
     return TraceEstimate(float(low_rank + rest.mean()), float(standard_error(rest)), spent + len(rest), "hutch++")
 

@@ -61,6 +61,7 @@ class DatasetOperator(CurvatureOperator):
             op = build(part, m)
             if m == 0:
                 self.names, self.shapes, self.dtype, self.device = op.names, op.shapes, op.dtype, op.device
+                self._form_costs = {s: op.form_cost(s) for s in (False, True)}
             if hasattr(op, "gradient"):
                 loss = w * op.loss.detach() + (0 if loss is None else loss)
                 gradient = w * op.gradient + (0 if gradient is None else gradient)
@@ -83,3 +84,7 @@ class DatasetOperator(CurvatureOperator):
         for m, w in enumerate(self.weights):
             out.add_(self._part(m)._quadratic_forms(V, symmetric), alpha=w)
         return out
+
+    def form_cost(self, symmetric: bool = False) -> float:
+        """The first part's (every part is the same kind of operator)."""
+        return self._form_costs[symmetric]

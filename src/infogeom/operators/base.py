@@ -97,6 +97,11 @@ class CurvatureOperator:
         """Default: (V ⊙ AV) summed over P, one product per column."""
         return (V * self._matmat(V)).sum(0)
 
+    def form_cost(self, symmetric: bool = False) -> float:
+        """Cost of one :meth:`quadratic_forms` column relative to one product column (1 here: a product each);
+        estimators use it to split a budget between products and forms."""
+        return 1.0
+
     def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
         return self.matmat(v) if v.ndim == 2 else self.matvec(v)
 

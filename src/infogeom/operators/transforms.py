@@ -39,6 +39,12 @@ class DampedOperator(CurvatureOperator):
     def _solve(self, B, damping, tol, maxiter, x0, reduce):
         return self.op.solve(B, self.damping + damping, tol, maxiter, x0, reduce)
 
+    def _quadratic_forms(self, V: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
+        return self.op.quadratic_forms(V, symmetric) + self.damping * V.square().sum(0)
+
+    def form_cost(self, symmetric: bool = False) -> float:
+        return self.op.form_cost(symmetric)
+
 
 class ScaledOperator(CurvatureOperator):
     """``c·A`` for an operator ``A`` and a scale c > 0."""
@@ -65,13 +71,19 @@ class ScaledOperator(CurvatureOperator):
         x0 = None if x0 is None else self.scale * x0
         return self.op.solve(B, damping / self.scale, tol, maxiter, x0, reduce) / self.scale
 
+    def _quadratic_forms(self, V: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
+        return self.scale * self.op.quadratic_forms(V, symmetric)
+
+    def form_cost(self, symmetric: bool = False) -> float:
+        return self.op.form_cost(symmetric)
+
 
 class CountedOperator(CurvatureOperator):
-    """``op`` unchanged, counting its products (``products``: columns multiplied) and advancing an optional
-    progress bar (anything with ``update(n)``, e.g. tqdm) by the columns of each product."""
+    """``op`` unchanged, counting its products (``products``: columns multiplied; ``forms``: quadratic forms) and
+    advancing an optional progress bar (anything with ``update(n)``, e.g. tqdm) by the columns of each."""
 
     def __init__(self, op: CurvatureOperator, bar=None):
-        self.op, self.bar, self.products = op, bar, 0
+        self.op, self.bar, self.products, self.forms = op, bar, 0, 0
         self.names, self.shapes, self.dtype, self.device = op.names, op.shapes, op.dtype, op.device
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
@@ -80,3 +92,13 @@ class CountedOperator(CurvatureOperator):
         if self.bar is not None:
             self.bar.update(V.shape[1])
         return out
+
+    def _quadratic_forms(self, V: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
+        out = self.op.quadratic_forms(V, symmetric)
+        self.forms += V.shape[1]
+        if self.bar is not None:
+            self.bar.update(V.shape[1])
+        return out
+
+    def form_cost(self, symmetric: bool = False) -> float:
+        return self.op.form_cost(symmetric)
