@@ -150,8 +150,8 @@ def main() -> None:
     p.add_argument("--probes", type=int, default=64, help="Hutchinson probes (both)")
     p.add_argument("--rtol", type=float, default=0.01, help="relative SE of the equal-accuracy trace (1%%)")
     p.add_argument("--max-products", type=int, default=512, help="budget of the adaptive XTrace")
-    p.add_argument("--hutchpp-probes", type=int, default=96,
-                   help="Hutch++ of the equal-accuracy trace: a sketch of a third of these (products)")
+    p.add_argument("--hutchpp-probes", type=int, default=24,
+                   help="equal-accuracy Hutch++: a first sketch of a third of these products, grown as it pays")
     p.add_argument("--density-tol", type=float, default=0.0,
                    help="L1 tolerance of the adaptive density (default: the peers' measured L1)")
     p.add_argument("--slq-probes", type=int, default=4)

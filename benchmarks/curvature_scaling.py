@@ -11,8 +11,8 @@ error; one fixed batch of 16×64 tokens of the ``pydoc`` corpus, math attention)
   the fewest steps whose residual meets the same ``--our-tol``, see ``benchmarks/curvature.py``);
 - ``trace`` to a relative standard error of ``--rtol``, each library with its best estimator: ours adaptive
   Hutch++ whose quadratic forms are product-free (second differences of float64 loss values, one-sided for
-  the residual probes; a sketch of ``--hutchpp-sketch`` products; timed); PyHessian's Hutchinson with the
-  probes that a 32-probe Hutchinson pilot's sd predicts for the same rtol (pilot untimed; capped at
+  the residual probes; a first sketch of ``--hutchpp-sketch`` products, grown as it pays; timed); PyHessian's
+  Hutchinson with the probes that a 32-probe Hutchinson pilot's sd predicts for the same rtol (pilot untimed; capped at
   ``--max-probes`` and then its time scaled up to the predicted count, marked "projected");
   hessian-eigenthings' Hutch++ with our count of products and forms, its time then scaled by its SE over
   the target SE (SE ∝ 1/m, Hutch++'s best rate, so the projection favours the peer; marked "projected");
@@ -196,7 +196,7 @@ def main() -> None:
     p.add_argument("--probes", type=int, default=0, help=argparse.SUPPRESS)  # PyHessian's trace probes
     p.add_argument("--hutchpp-probes", type=int, default=0, help=argparse.SUPPRESS)  # eigenthings' Hutch++
     p.add_argument("--target", type=float, default=0.0, help=argparse.SUPPRESS)  # our trace (the peers' target SE)
-    p.add_argument("--hutchpp-sketch", type=int, default=32, help="products in our Hutch++ sketch (32)")
+    p.add_argument("--hutchpp-sketch", type=int, default=8, help="first Hutch++ sketch (8 products; grown as it pays)")
     p.add_argument("--out", default="curvature_scaling", help="results/<out>.{json,png,svg} (curvature_scaling)")
     p.add_argument("--one", nargs=3, metavar=("SIZE", "LIBRARY", "QUANTITY"), help=argparse.SUPPRESS)
     args = p.parse_args()

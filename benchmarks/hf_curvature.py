@@ -16,9 +16,9 @@ One fixed batch (``--batch`` × 64 tokens) per model. Quantities, ours vs hessia
   fixed-step ``he.lanczos`` runs that meet the tolerance (see ``benchmarks/curvature.py``); error against our
   Lanczos at tol 1e-8 (untimed);
 - ``hutchinson``: the Hutchinson trace with the same ``--probes`` Rademacher probes for both;
-- ``trace``: equal accuracy — our adaptive Hutch++ (a sketch of 16 products; its quadratic forms product-free,
-  by second differences of float64 loss values, one-sided for the sign-symmetric residual probes; the forms
-  mode the operator's first-probe check chose is recorded) stopped at the relative standard error that
+- ``trace``: equal accuracy — our adaptive Hutch++ (a first sketch of 8 products, grown as it pays; its forms
+  product-free, by second differences of float64 loss values, one-sided for the sign-symmetric residual probes;
+  the forms mode the operator's first-probe check chose is recorded) stopped at the relative standard error that
   ``he.hutchinson`` reached with ``--probes`` probes, against that ``he.hutchinson`` run; ``hutch++``:
   ``he.hutch_plus_plus`` (the peer's best trace estimator) with our count of products and forms;
 - ``density``: SLQ with ``--slq-probes`` × ``--slq-steps`` for both (first two moments compared).
@@ -120,7 +120,7 @@ def measure(name: str, library: str, quantity: str, args: argparse.Namespace) ->
             est = hutchinson(op, args.probes, gen)
             out.update(value=est.value, stderr=est.stderr, products=est.num_probes)
         elif quantity == "trace":
-            est = hutchpp(op, 48, gen, rtol=args.rtol, max_probes=args.max_probes)
+            est = hutchpp(op, 24, gen, rtol=args.rtol, max_probes=args.max_probes)
             out.update(value=est.value, stderr=est.stderr, products=est.num_probes, forms=op.forms)
         else:
             sd = spectral_density(op, args.slq_probes, args.slq_steps, generator=gen)
