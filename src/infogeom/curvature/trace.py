@@ -127,10 +127,11 @@ def hutchpp(
     product or cheaper (:meth:`CurvatureOperator.form_cost`).
 
     With ``rtol`` (adaptive, after A-Hutch++ of Persson, Cortinovis & Kressner 2022): a pilot of
-    ``MIN_ADAPTIVE`` residual probes predicts, by SE ∝ 1/√n, how many reach SE ≈ rtol·|trace|. While the
-    residual forms that doubling the sketch is expected to save (half of them: a residual variance ∝ 1/k, as for
-    a spectrum decaying like 1/i) cost more than the doubling (k products, k two-sided forms and a new pilot),
-    the sketch doubles, grown by block Gram–Schmidt (Q stays orthonormal, earlier products and forms are kept).
+    ``MIN_ADAPTIVE`` residual probes predicts, by SE ∝ 1/√n, how many reach SE ≈ rtol·|trace|. The sketch then
+    doubles, grown by block Gram–Schmidt (Q stays orthonormal, earlier products and forms are kept): first if
+    those residual forms would cost more than the sketch so far, then while the forms that a doubling is expected
+    to save (the residual variance shrinking by the factor the last doubling measured) cost more than it (k
+    products, k two-sided forms and a new pilot; costs from :meth:`CurvatureOperator.form_cost`).
     Then that many *fresh* probes (at most ``max_probes`` products and forms in all, pilots included) give the
     estimate. Pilots are not reused: stopping on the same samples' SE under-covers (88% for 2 SE on
     heavy-tailed residuals), while the fresh sample's size is independent of its values, so its error bar keeps
@@ -160,17 +161,22 @@ def hutchpp(
         rest = residual(k)
     else:
         residual_cost, sketch_cost = op.form_cost(symmetric=True), 1 + op.form_cost()
+        last_var = None
         while True:
             pilot = residual(MIN_ADAPTIVE)
             spent += MIN_ADAPTIVE
-            value, sd = abs(float(low_rank + pilot.mean())), float(pilot.std())
-            wanted = math.ceil((sd / (rtol * value)) ** 2) if value > 0 else max_probes
+            value, var = abs(float(low_rank + pilot.mean())), float(pilot.var())
+            wanted = math.ceil(var / (rtol * value) ** 2) if value > 0 else max_probes
             more = Q.shape[1]
-            if (wanted / 2 * residual_cost <= more * sketch_cost + MIN_ADAPTIVE * residual_cost
-                    or spent + 2 * more + 2 * MIN_ADAPTIVE > max_probes or 2 * more > op.dim):
+            if last_var is None:  # first doubling: worth trying while the residual would cost more than the sketch
+                worth = wanted * residual_cost > more * sketch_cost
+            else:  # later ones: expected to shrink the residual variance as much as the last one did
+                saved = wanted * (1 - min(var / last_var, 1.0)) * residual_cost
+                worth = saved > more * sketch_cost + MIN_ADAPTIVE * residual_cost
+            if not worth or spent + 2 * more + 2 * MIN_ADAPTIVE > max_probes or 2 * more > op.dim:
                 break
             Q, extra = grow(Q, more)
-            low_rank, spent = low_rank + extra, spent + 2 * more
+            low_rank, spent, last_var = low_rank + extra, spent + 2 * more, var
         rest = residual(max(MIN_ADAPTIVE, min(wanted, max_probes - spent)))
     return TraceEstimate(float(low_rank + rest.mean()), float(standard_error(rest)), spent + len(rest), "hutch++")
 
