@@ -56,7 +56,7 @@ from infogeom.data import prepare_data
 from infogeom.geometry import FiniteDifferenceHessian, HessianOperator, SecondDifferences
 from infogeom.geometry.functional import curvature_mode, loss_function
 from infogeom.models import GPT, GPTConfig, lm_loss
-from infogeom.operators import unflatten
+from infogeom.operators import CountedOperator, unflatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the peer adapters live with the tests
 from peers.eigenthings_compat import eigenthings_hessian  # noqa: E402
@@ -405,8 +405,10 @@ def main() -> None:
     # measured time per probe (projected). eigenthings: its Hutch++ with our count of products and forms
     # (timed), its time then scaled to the target SE by SE ∝ 1/m (the fastest Hutch++ rate, so the projection
     # favours the peer, up or down).
-    xt, t_xt = timed(lambda: hutchpp(op(), args.hutchpp_probes, torch.Generator().manual_seed(args.seed),
-                                     rtol=args.rtol, max_probes=4096), args.repeats)
+    counted: list[CountedOperator] = []
+    xt, t_xt = timed(lambda: hutchpp(counted.append(CountedOperator(op())) or counted[-1], args.hutchpp_probes,
+                                     torch.Generator().manual_seed(args.seed), rtol=args.rtol, max_probes=4096),
+                     args.repeats)
     xtr, t_xtr = timed(lambda: xtrace(op(), 32, torch.Generator().manual_seed(args.seed), rtol=args.rtol,
                                       max_probes=args.max_products), args.repeats)
     target = args.rtol * abs(xt.value)
@@ -420,7 +422,8 @@ def main() -> None:
         "time_ours": t_xt, "pyhessian_probes_needed": ph_needed, "time_pyhessian_projected": t_ph_eq,
         "eigenthings_hutchpp": hpp.estimate, "eigenthings_hutchpp_se": hpp.stderr,
         "time_eigenthings_hutchpp": t_hpp, "time_eigenthings_projected": t_hpp * he_scale,
-        "ours_sketch_products": args.hutchpp_probes // 3, "xtrace": xtr.value, "xtrace_se": xtr.stderr,
+        "ours_hvps": counted[-1].products, "ours_forms": counted[-1].forms, "xtrace": xtr.value,
+        "xtrace_se": xtr.stderr,
         "xtrace_products": xtr.num_probes, "time_xtrace": t_xtr,
     }
     rows.append(
@@ -432,7 +435,7 @@ def main() -> None:
             "equal accuracy",
             f"{t_xt / t_ph_eq:.2f}",
             f"{t_xt / (t_hpp * he_scale):.2f}",
-            f"Hutch++ {args.hutchpp_probes // 3} products + {xt.num_probes - args.hutchpp_probes // 3} forms; "
+            f"Hutch++ {counted[-1].products} products + {counted[-1].forms} forms; "
             f"PyHessian projected from its per-probe sd and time; eigenthings Hutch++ at our count"
             f" ×{he_scale:.2f} (to the target SE, SE ∝ 1/m)",
         )

@@ -69,9 +69,12 @@ class SecondDifferences:
     """``V [P, k] -> [k]``: vᵀHv ≈ ‖v‖² (L(θ + δv̂) + L(θ − δv̂) − 2L(θ)) / δ², v̂ = v/‖v‖, every loss evaluated
     in float64 (a float64 copy of the parameters and floating buffers, passed to ``functional_call``).
 
-    Error: the truncation δ²/12 · ∂⁴L[v̂⁴]/∂⁴… relative, O(δ²), against the round-off 4ε‖v‖²|L|/δ² of the values;
-    with ‖v‖² = P (Rademacher) the two balance at δ ≈ (P·ε₆₄)^{1/4} (× rms(θ) when it exceeds 1), the default
-    ``step``: relative error ≈ 1e-6 on GPTs of 0.1–3.2M parameters, the float32 double backward's own accuracy.
+    Error in v̂ᵀHv̂: the truncation δ²/12 · ∂⁴L[v̂⁴], O(δ²), against the round-off ≈ 4ε|L|/δ² of the values. A
+    random direction has little curvature (v̂ᵀHv̂ ≈ tr H / P), so relative to it the two balance near
+    δ ≈ (P·ε₆₄)^{1/4} (× rms(θ) when it exceeds 1): ``step``, used by the one-sided forms of random probes. Sharp
+    directions (Hutch++'s low-rank basis, 10³–10⁴× the curvature) have a larger fourth derivative and need a
+    smaller step, so the two-sided forms use ``step``·:attr:`two_sided_scale`: relative error ≈ 1e-8 (random) to 2e-5
+    (top eigenvectors) of ‖v‖‖Hv‖ on GPTs of 0.2–0.8M parameters (1.6e-4 along the top ones at the full step).
     Cost: two forward passes per column (one more, at θ, once), no graph kept: memory of one forward in float64.
     Valid where the forward is smooth and computed in float64 throughout (Llama-style RMSNorms, which round to
     float32, are evaluated in float64 here); any other module that rounds a parameter-dependent activation makes
@@ -83,6 +86,8 @@ class SecondDifferences:
     (q₁(v) + q₁(−v) = 2 × the two-sided value, exactly) and only adds variance, which the samples' standard
     error includes: on the benchmark's 210k GPT it is ≈ 1e-3 of the Rademacher probes' own spread (a 1e-6 share
     of the variance) at half the cost (0.75 vs 1.4 gradients per column, an HVP 2.0)."""
+
+    two_sided_scale = 0.25
 
     def __init__(self, model: nn.Module, batch: Batch, names: Sequence[str], loss: Loss = lm_loss,
                  step: float | None = None):
@@ -123,10 +128,11 @@ class SecondDifferences:
                 if norm == 0:
                     out.append(0.0)
                     continue
-                d = v * (self.step / norm)
+                step = self.step if g is not None else self.step * self.two_sided_scale
+                d = v * (step / norm)
                 plus = float(self._loss_at(self._theta + d)) - self._at_theta
                 other = float(self._loss_at(self._theta - d)) - self._at_theta if g is None else plus - 2 * float(g @ d)
-                out.append((plus + other) * (norm / self.step) ** 2)
+                out.append((plus + other) * (norm / step) ** 2)
         return torch.tensor(out, dtype=V.dtype, device=V.device)
 
 
