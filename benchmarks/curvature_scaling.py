@@ -11,7 +11,8 @@ error; one fixed batch of 16×64 tokens of the ``pydoc`` corpus, math attention)
   the fewest steps whose residual meets the same ``--our-tol``, see ``benchmarks/curvature.py``);
 - ``trace`` to a relative standard error of ``--rtol``, each library with its best estimator: ours adaptive
   Hutch++ whose quadratic forms are product-free (second differences of float64 loss values, one-sided for
-  the residual probes; a first sketch of ``--hutchpp-sketch`` products, grown as it pays; timed); PyHessian's
+  the residual probes; a first sketch of ``--hutchpp-sketch`` products, grown as it pays; timed, and projected
+  by SE² ∝ 1/m when its pilot-sized sample lands above the target); PyHessian's
   Hutchinson with the probes that a 32-probe Hutchinson pilot's sd predicts for the same rtol (pilot untimed; capped at
   ``--max-probes`` and then its time scaled up to the predicted count, marked "projected");
   hessian-eigenthings' Hutch++ with our count of products and forms, its time then scaled by its SE over
@@ -136,6 +137,9 @@ def measure(size: str, library: str, quantity: str, args: argparse.Namespace) ->
     if library == "pyhessian" and quantity == "trace" and args.probes > args.max_probes:
         extra["projected_from"] = {"probes": args.max_probes, "seconds": seconds}
         seconds *= args.probes / args.max_probes
+    if library == "infogeom" and quantity == "trace" and stderr > args.rtol * abs(value):  # sized from a pilot
+        extra["projected_from"] = {"seconds": seconds, "stderr": stderr}  # above the target: SE² ∝ 1/m
+        seconds *= (stderr / (args.rtol * abs(value))) ** 2
     if library == "eigenthings" and quantity == "trace":  # to the target SE (its SE ∝ 1/m at best)
         extra["projected_from"] = {"seconds": seconds, "stderr": stderr}
         seconds *= stderr / (args.rtol * abs(args.target))
