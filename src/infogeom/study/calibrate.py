@@ -18,8 +18,12 @@ import torch
 
 from .cache import write_json
 
-#: probe units per second on the reference machine (the development machine: 2 cores, shared, one torch thread)
-REFERENCE_RATE = 25.0
+#: probe units per second that the cells' reference estimates correspond to. Checked against the cells' own
+#: wall times on the 2-core development machine (2026-12-06; probe 157 units/s quiet, 88 beside a test run): the
+#: quick profile's cells took 0.32× their reference estimates and the full profile's 0.3–0.45× (by experiment,
+#: E6 0.11, E1 partly beside a test run 0.77), where the earlier rate of 25 predicted 0.16×, i.e. half the time
+#: they took; 157 × 0.32 ≈ 50.
+REFERENCE_RATE = 50.0
 CALIBRATION = "calibration.json"
 
 
