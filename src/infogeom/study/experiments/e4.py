@@ -7,8 +7,9 @@ its train loss — on fixed batches of the subset, checked every ``check_every``
 al.'s control: every model is compared at the same train loss) or ``max_steps`` (then ``reached`` is False and
 the run is left out of the correlations). Grid: lr (3 per optimizer) × batch × weight decay × {AdamW, SGD with
 momentum 0.9}; replicates (more seeds) on every k-th config (6 of 36 in full); all configs of a replicate share
-one initialization. The full profile's target (2.0 nats) and token cap (2.5M) are sized to the 3-hour budget from
-one measured full run (AdamW, batch 32: 1.79 nats after 1.5M tokens); SGD-m at 114k is untested at full size.
+one initialization. The full profile's target is 2.0 nats and its token cap 5M (a 2.5M cap left 29 of 48 runs
+short of the target in the first full run, 2026-12-06; at 5M 20 of 48 stay short, mostly SGD-m at batch 128 and
+AdamW at the largest lr; E4 then took 13 of the full study's ≈ 55 min).
 
 Measures, at the stopped model, on one fixed batch of the subset (the same for every run): λ_max(H) (Lanczos),
 tr H and tr F (Hutchinson), SAM and ASAM ε-sharpness (ρ = 0.05 and 0.5, one ascent step), the Fisher–Rao norm
@@ -68,7 +69,7 @@ PROFILES = {
     "full": {"size": "114k", "chars": 200_000, "block": 64, "target": 2.0, "max_steps": 4000, "check_every": 50,
              "lr_idx": [0, 1, 2], "batches": [8, 32, 128], "wds": [0.0, 0.1], "optimizers": ["adamw", "sgd"],
              "replicated": 6, "seeds": 3, "measure_batch": 8, "probes": 8, "slq_steps": 24,
-             "dinh_alphas": [1.0, 1.5, 3.0, 10.0, 30.0], "tokens_to_target": 1e6, "max_tokens": 2.5e6},
+             "dinh_alphas": [1.0, 1.5, 3.0, 10.0, 30.0], "tokens_to_target": 1e6, "max_tokens": 5e6},
 }
 MEASURE_SEED = 12345
 #: SGD's weight decay is coupled L2 (p ← p − η(g + λp)), amplified 1/(1 − β) = 10× by momentum 0.9 and applied at a
