@@ -8,8 +8,8 @@ al.'s control: every model is compared at the same train loss) or ``max_steps`` 
 the run is left out of the correlations). Grid: lr (3 per optimizer) × batch × weight decay × {AdamW, SGD with
 momentum 0.9}; replicates (more seeds) on every k-th config (6 of 36 in full); all configs of a replicate share
 one initialization. The full profile's target is 2.0 nats and its token cap 5M (a 2.5M cap left 29 of 48 runs
-short of the target in the first full run, 2026-12-06; at 5M 20 of 48 stay short, mostly SGD-m at batch 128 and
-AdamW at the largest lr; E4 then took 13 of the full study's ≈ 55 min).
+short of the target in the first full run, 2026-12-06; at 5M 20 of 48 stay short: SGD-m at batch 128, AdamW at
+its largest lr, SGD-m at batch 8 with weight decay; E4 then took 13 of the full study's ≈ 55 min).
 
 Measures, at the stopped model, on one fixed batch of the subset (the same for every run): λ_max(H) (Lanczos),
 tr H and tr F (Hutchinson), SAM and ASAM ε-sharpness (ρ = 0.05 and 0.5, one ascent step), the Fisher–Rao norm
