@@ -405,10 +405,14 @@ def main() -> None:
     # measured time per probe (projected). eigenthings: its Hutch++ with our count of products and forms
     # (timed), its time then scaled to the target SE by SE ∝ 1/m (the fastest Hutch++ rate, so the projection
     # favours the peer, up or down).
-    counted: list[CountedOperator] = []
-    xt, t_xt = timed(lambda: hutchpp(counted.append(CountedOperator(op())) or counted[-1], args.hutchpp_probes,
-                                     torch.Generator().manual_seed(args.seed), rtol=args.rtol, max_probes=4096),
-                     args.repeats)
+    counted: list[CountedOperator] = []  # the last timed run's counts of products and forms
+
+    def counted_hutchpp():
+        counted.append(CountedOperator(op()))
+        return hutchpp(counted[-1], args.hutchpp_probes, torch.Generator().manual_seed(args.seed), rtol=args.rtol,
+                       max_probes=4096)
+
+    xt, t_xt = timed(counted_hutchpp, args.repeats)
     xtr, t_xtr = timed(lambda: xtrace(op(), 32, torch.Generator().manual_seed(args.seed), rtol=args.rtol,
                                       max_probes=args.max_products), args.repeats)
     target = args.rtol * abs(xt.value)

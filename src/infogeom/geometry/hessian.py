@@ -85,7 +85,7 @@ class SecondDifferences:
     once). q₁(v) = vᵀHv + ‖v‖² δ/3 ∂³L[v̂³] + O(δ²): the cubic term is odd in v, so it averages out over ±v
     (q₁(v) + q₁(−v) = 2 × the two-sided value, exactly) and only adds variance, which the samples' standard
     error includes: on the benchmark's 210k GPT it is ≈ 1e-3 of the Rademacher probes' own spread (a 1e-6 share
-    of the variance) at half the cost (0.75 vs 1.4 gradients per column, an HVP 2.0)."""
+    of the variance) at half the cost (0.66 vs 1.32 gradients per column, an HVP 2.29; benchmarks/curvature.py)."""
 
     two_sided_scale = 0.25
 

@@ -98,9 +98,11 @@ class CurvatureOperator:
         return (V * self._matmat(V)).sum(0)
 
     def form_cost(self, symmetric: bool = False) -> float:
-        """Cost of one :meth:`quadratic_forms` column relative to one product column (1 here: a product each);
-        estimators use it to split a budget between products and forms."""
-        return 1.0
+        """Cost of one :meth:`quadratic_forms` column relative to one product column; estimators use it to split a
+        budget between products and forms. Here 1 (a product each), or the wrapped operator's (``self.op``: the
+        restricted, damped, scaled and counted operators pass its forms through)."""
+        inner = getattr(self, "op", None)
+        return inner.form_cost(symmetric) if isinstance(inner, CurvatureOperator) else 1.0
 
     def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
         return self.matmat(v) if v.ndim == 2 else self.matvec(v)

@@ -36,9 +36,6 @@ class RestrictedOperator(CurvatureOperator):
     def _quadratic_forms(self, V: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
         return self.op.quadratic_forms(self._embed(V), symmetric)  # vᵀA_SSv = (E_S v)ᵀ A (E_S v)
 
-    def form_cost(self, symmetric: bool = False) -> float:
-        return self.op.form_cost(symmetric)
-
 
 def parameter_index(op: CurvatureOperator, names: Sequence[str]) -> torch.Tensor:
     """Flat coordinates of whole parameter tensors ``names`` in ``op``'s flat vector."""

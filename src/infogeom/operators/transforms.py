@@ -42,9 +42,6 @@ class DampedOperator(CurvatureOperator):
     def _quadratic_forms(self, V: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
         return self.op.quadratic_forms(V, symmetric) + self.damping * V.square().sum(0)
 
-    def form_cost(self, symmetric: bool = False) -> float:
-        return self.op.form_cost(symmetric)
-
 
 class ScaledOperator(CurvatureOperator):
     """``c·A`` for an operator ``A`` and a scale c > 0."""
@@ -74,9 +71,6 @@ class ScaledOperator(CurvatureOperator):
     def _quadratic_forms(self, V: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
         return self.scale * self.op.quadratic_forms(V, symmetric)
 
-    def form_cost(self, symmetric: bool = False) -> float:
-        return self.op.form_cost(symmetric)
-
 
 class CountedOperator(CurvatureOperator):
     """``op`` unchanged, counting its products (``products``: columns multiplied; ``forms``: quadratic forms) and
@@ -99,6 +93,3 @@ class CountedOperator(CurvatureOperator):
         if self.bar is not None:
             self.bar.update(V.shape[1])
         return out
-
-    def form_cost(self, symmetric: bool = False) -> float:
-        return self.op.form_cost(symmetric)
