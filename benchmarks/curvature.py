@@ -5,8 +5,9 @@ initialization), then both libraries estimate, from one fixed batch:
 
 - λ_max (largest-|λ|): our Lanczos vs PyHessian's power iteration, both at relative tolerance ``--tol``
   (ours: residual ‖Hv − λv‖ ≤ tol·|λ|; PyHessian: relative change of λ between iterations); the reference is
-  our Lanczos at tol 1e-8;
-- top-5 eigenvalues: Lanczos (k = 5) vs deflated power iteration (top_n = 5);
+  our Lanczos at tol 1e-8. Ours runs on the gradient-difference sketch (``eigsh(..., sketch=True)``: one
+  gradient per Krylov column, the value an exact Rayleigh quotient); the exact-product Lanczos has its own row;
+- top-5 eigenvalues: Lanczos (k = 5, sketch as above) vs deflated power iteration (top_n = 5);
 - the Hutchinson trace with the same number of probes (PyHessian's stopping test is disabled, see below);
 - the SLQ density with the same probes × Lanczos steps (moments and the JS distance between the densities).
 
@@ -120,6 +121,7 @@ def product_costs(model, batch, repeats: int, k: int = 8) -> dict[str, float]:
             f"HVP, {k} columns vmapped (per column)": lambda: ops[True].matmat(V),
             "HVP, forward-over-reverse (jvp of grad)": lambda: jvp(g, (named,), (tangent,)),
             "HVP, central finite differences (2 gradients)": lambda: fd.matmat(V[:, :1]),
+            f"sketch Hv, {k} columns by one-sided gradient differences (per column)": lambda: ops[False].sketch(V),
             "HVP, hessian-eigenthings (graph rebuilt)": lambda: he_op.matvec(V[:, 0].clone()),
             f"vᵀHv, {k} columns by second differences (float64 forwards; per column)": lambda: forms(V),
             f"vᵀHv, {k} columns one-sided (sign-symmetric probes; per column)": lambda: forms(V, one_sided=True),
@@ -219,6 +221,7 @@ def main() -> None:
         return call
 
     # --- λ_max ---------------------------------------------------------------------------------------------
+    # ours: Krylov on the gradient-difference sketch, values as exact Rayleigh quotients (eigsh(sketch=True))
     ours, t_ours = timed(
         lambda: eigsh(
             op(),
@@ -227,7 +230,13 @@ def main() -> None:
             tol=args.tol,
             residuals=False,
             generator=torch.Generator().manual_seed(args.seed),
+            sketch=True,
         ),
+        args.repeats,
+    )
+    exact, t_exact = timed(
+        lambda: eigsh(op(), k=1, which="LM", tol=args.tol, residuals=False,
+                      generator=torch.Generator().manual_seed(args.seed)),
         args.repeats,
     )
     (ph_vals, _), t_ph = timed(
@@ -243,6 +252,8 @@ def main() -> None:
         "pyhessian_error": abs(ph_vals[0] - lam_ref) / abs(lam_ref),
         "time_ours": t_ours,
         "time_pyhessian": t_ph,
+        "exact_products": {"value": float(exact.values[0]), "matvecs": exact.matvecs, "time": t_exact,
+                           "error": abs(float(exact.values[0]) - lam_ref) / abs(lam_ref)},
     }
     lam["agreement"] = abs(lam["ours"] - lam["pyhessian"]) / abs(lam["pyhessian"])
     lam["pyhessian_matvecs"] = ph_hvps["count"]
@@ -260,7 +271,20 @@ def main() -> None:
             f"{t_ours / t_ph:.2f}",
             f"{t_ours / t_he:.2f}",
             f"err vs ref: ours {lam['ours_error']:.1e}, PyHessian {lam['pyhessian_error']:.1e}, eigenthings "
-            f"{lam['eigenthings_error']:.1e}; HVPs {ours.matvecs} vs {lam['pyhessian_matvecs']} vs {he_steps}",
+            f"{lam['eigenthings_error']:.1e}; {ours.matvecs} gradient-difference columns + 1 form vs "
+            f"{lam['pyhessian_matvecs']} vs {he_steps} HVPs",
+        )
+    )
+    rows.append(
+        (
+            "λ_max, exact-product Krylov",
+            f"{float(exact.values[0]):.5g}",
+            "",
+            "",
+            f"err {lam['exact_products']['error']:.1e}",
+            f"{t_exact / t_ph:.2f}",
+            f"{t_exact / t_he:.2f}",
+            f"{exact.matvecs} HVPs (eigsh without sketch)",
         )
     )
 
@@ -274,6 +298,7 @@ def main() -> None:
                 tol=tol,
                 residuals=False,
                 generator=torch.Generator().manual_seed(args.seed),
+                sketch=True,
             ),
             args.repeats,
         )
@@ -290,7 +315,7 @@ def main() -> None:
             f"err {err:.1e} ≤ {lam['pyhessian_error']:.1e}",
             f"{t_res / t_ph:.2f}",
             "",
-            f"our tol {tol:g}: {res.matvecs} HVPs",
+            f"our tol {tol:g}: {res.matvecs} gradient-difference columns + 1 form",
         )
     )
     # the same operator with our power iteration (same residual test): Lanczos vs power iteration
@@ -313,7 +338,7 @@ def main() -> None:
             "",
             "",
             "same residual tol",
-            f"{t_ours / t_pw:.2f}",
+            f"{t_exact / t_pw:.2f}",
             "",
             f"Lanczos/power time; {pw.matvecs} HVPs, err {lam['our_power_iteration']['error']:.1e}",
         )
@@ -328,6 +353,7 @@ def main() -> None:
             tol=args.tol,
             residuals=False,
             generator=torch.Generator().manual_seed(args.seed),
+            sketch=True,
         ),
         args.repeats,
     )
@@ -356,7 +382,7 @@ def main() -> None:
             "vs reference",
             f"{t_ours5 / t_ph5:.2f}",
             "",
-            f"HVPs {ours5.matvecs} vs {ph_hvps['count']}",
+            f"{ours5.matvecs} gradient-difference columns + 5 forms vs {ph_hvps['count']} HVPs",
         )
     )
 
@@ -400,7 +426,8 @@ def main() -> None:
         )
     )
     # equal accuracy: relative SE ``--rtol``. Ours: adaptive Hutch++ whose quadratic forms (low-rank part and
-    # residual) are product-free second differences, only the sketch A S costs products (timed); adaptive XTrace
+    # residual) are product-free second differences and whose sketch A S is gradient differences (one gradient
+    # per column, only its span is used; timed); adaptive XTrace
     # (products only) beside it. PyHessian (Hutchinson): the probes its measured per-probe sd needs, at its
     # measured time per probe (projected). eigenthings: its Hutch++ with our count of products and forms
     # (timed), its time then scaled to the target SE by SE ∝ 1/m (the fastest Hutch++ rate, so the projection
@@ -430,6 +457,7 @@ def main() -> None:
         "eigenthings_hutchpp": hpp.estimate, "eigenthings_hutchpp_se": hpp.stderr,
         "time_eigenthings_hutchpp": t_hpp, "time_eigenthings_projected": t_hpp * he_scale,
         "ours_projection": ours_scale, "ours_hvps": counted[-1].products, "ours_forms": counted[-1].forms,
+        "ours_sketches": counted[-1].sketches,
         "xtrace": xtr.value, "xtrace_se": xtr.stderr,
         "xtrace_products": xtr.num_probes, "time_xtrace": t_xtr,
     }
@@ -442,7 +470,8 @@ def main() -> None:
             "equal accuracy",
             f"{t_xt * ours_scale / t_ph_eq:.2f}",
             f"{t_xt * ours_scale / (t_hpp * he_scale):.2f}",
-            f"Hutch++ {counted[-1].products} products + {counted[-1].forms} forms"
+            f"Hutch++ {counted[-1].sketches} sketch columns + {counted[-1].products} products + "
+            f"{counted[-1].forms} forms"
             f"{' ×' + format(ours_scale, '.2f') + ' (to the target SE, SE² ∝ 1/m)' if ours_scale > 1 else ''}; "
             f"PyHessian projected from its per-probe sd and time; eigenthings Hutch++ at our count"
             f" ×{he_scale:.2f} (to the target SE, SE ∝ 1/m)",
@@ -525,6 +554,25 @@ def main() -> None:
         return float((broaden(nodes, weights, grid, sigma) - pool).abs().sum() * step)
 
     l1 = {k: l1_to_others(*v, exclude=k) for k, v in runs.items()}
+    # the same n × m on the gradient-difference sketch (one gradient per step and probe), against the pool of
+    # the three exact-product runs: a node bias from the sketch would show as a larger L1 than theirs
+    sk, t_sk = timed(lambda: spectral_density(op(), args.slq_probes, args.slq_steps,
+                                              generator=torch.Generator().manual_seed(args.seed), sketch=True),
+                     args.repeats)
+    l1["sketch"] = l1_to_others(sk.nodes, sk.weights, exclude=None)
+    record["density"].update(time_sketch=t_sk, sketch_moments={k: sk.moment(k) for k in (1, 2)})
+    rows.append(
+        (
+            f"density ({args.slq_probes}×{args.slq_steps}), sketch",
+            f"m1 {sk.moment(1):.3g}, m2 {sk.moment(2):.3g}",
+            f"L1 {l1['pyhessian']:.1e}",
+            f"L1 {l1['eigenthings']:.1e}",
+            f"L1 {l1['sketch']:.1e} (exact-product ours {l1['ours']:.1e})",
+            f"{t_sk / t_ph_sd:.2f}",
+            f"{t_sk / t_he_sd:.2f}",
+            "Lanczos on gradient differences; L1 to the pool of the other (exact-product) runs",
+        )
+    )
     density_tol = args.density_tol or statistics.median([l1["pyhessian"], l1["eigenthings"]])
     ad, t_ad = timed(lambda: adaptive_spectral_density(op(), tol=density_tol,
                                                        max_products=2 * args.slq_probes * args.slq_steps,

@@ -5,19 +5,22 @@ the Hessian is not the one at initialization, whose trace is ≈ 0 and cannot be
 error; one fixed batch of 16×64 tokens of the ``pydoc`` corpus, math attention) and each library:
 
 - ``lambda_max``: largest-|λ| Hessian eigenvalue at relative tolerance ``--tol`` (PyHessian: power
-  iteration's relative change of λ; ours: Lanczos residual ‖Hv − θv‖ ≤ ``--our-tol``·|θ|, default 0.03,
+  iteration's relative change of λ; ours: Lanczos on the gradient-difference sketch with the value an exact
+  Rayleigh quotient (``eigsh(..., sketch=True)``), residual ‖Hv − θv‖ ≤ ``--our-tol``·|θ|, default 0.03,
   the residual tolerance at which ``benchmarks/curvature.py`` measured our eigenvalue error at or below
   PyHessian's at tol 1e-3 (a Ritz value's error is ≈ residual²/gap); hessian-eigenthings, also Lanczos:
   the fewest steps whose residual meets the same ``--our-tol``, see ``benchmarks/curvature.py``);
 - ``trace`` to a relative standard error of ``--rtol``, each library with its best estimator: ours adaptive
   Hutch++ whose quadratic forms are product-free (second differences of float64 loss values, one-sided for
-  the residual probes; a first sketch of ``--hutchpp-sketch`` products, grown as it pays; timed, and projected
+  the residual probes; a first sketch of ``--hutchpp-sketch`` columns, grown as it pays, each column one
+  gradient difference instead of a product; timed, and projected
   by SE² ∝ 1/m when its pilot-sized sample lands above the target); PyHessian's
   Hutchinson with the probes that a 32-probe Hutchinson pilot's sd predicts for the same rtol (pilot untimed; capped at
   ``--max-probes`` and then its time scaled up to the predicted count, marked "projected");
   hessian-eigenthings' Hutch++ with our count of products and forms, its time then scaled by its SE over
   the target SE (SE ∝ 1/m, Hutch++'s best rate, so the projection favours the peer; marked "projected");
-- ``density``: SLQ with ``--slq-probes`` × ``--slq-steps`` for all.
+- ``density``: SLQ with ``--slq-probes`` × ``--slq-steps`` for all (ours on the gradient-difference sketch,
+  whose density's L1 distance to the exact-product runs ``benchmarks/curvature.py`` measures).
 
 Every (size, library, quantity) runs in a fresh process so that its peak resident memory (``ru_maxrss``
 minus the resident size after building the model and batch) is its own. Prints a table, fits the slope of
@@ -100,13 +103,13 @@ def measure(size: str, library: str, quantity: str, args: argparse.Namespace) ->
     if library == "infogeom":
         op = HessianOperator(model, batch)
         if quantity == "lambda_max":
-            res = eigsh(op, k=1, which="LM", tol=args.our_tol, residuals=False, generator=gen)
+            res = eigsh(op, k=1, which="LM", tol=args.our_tol, residuals=False, generator=gen, sketch=True)
             value, products = float(res.values[0]), res.matvecs
         elif quantity == "trace":
             est = hutchpp(op, 3 * args.hutchpp_sketch, gen, rtol=args.rtol, max_probes=4096)
             value, products, stderr = est.value, est.num_probes, est.stderr
         else:
-            sd = spectral_density(op, args.slq_probes, args.slq_steps, generator=gen)
+            sd = spectral_density(op, args.slq_probes, args.slq_steps, generator=gen, sketch=True)
             value, products = sd.moment(1), args.slq_probes * args.slq_steps
     elif library == "pyhessian":
         with pyhessian_session(model, batch) as ph:
@@ -200,7 +203,7 @@ def main() -> None:
     p.add_argument("--probes", type=int, default=0, help=argparse.SUPPRESS)  # PyHessian's trace probes
     p.add_argument("--hutchpp-probes", type=int, default=0, help=argparse.SUPPRESS)  # eigenthings' Hutch++
     p.add_argument("--target", type=float, default=0.0, help=argparse.SUPPRESS)  # our trace (the peers' target SE)
-    p.add_argument("--hutchpp-sketch", type=int, default=8, help="first Hutch++ sketch (8 products; grown as it pays)")
+    p.add_argument("--hutchpp-sketch", type=int, default=8, help="first Hutch++ sketch (8 columns; grown as it pays)")
     p.add_argument("--out", default="curvature_scaling", help="results/<out>.{json,png,svg} (curvature_scaling)")
     p.add_argument("--one", nargs=3, metavar=("SIZE", "LIBRARY", "QUANTITY"), help=argparse.SUPPRESS)
     args = p.parse_args()

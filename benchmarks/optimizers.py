@@ -71,7 +71,8 @@ SIZES: dict[str, dict] = {"default": {}, "3m": {"n_layer": 6, "n_embd": 192, "n_
 #: each, ``--lrs`` to move it): ``-p0`` exponent 0 (Muon in the same code), ``-p05`` exponent ½ (``-p0125``,
 #: ``-p0375``: ⅛, ⅜), ``-full`` every side whitened in its eigenbasis, ``-head`` the tied embedding/head
 #: preconditioned too (its head use's factors), ``-cov4`` factors every 4 steps and bases every 20 (half the
-#: capture cost).
+#: capture cost). ``-plain``: Newton–Schulz in its plain form, one layer at a time (the runs before the batched
+#: Gram-side form; the same step up to float32 rounding).
 GRIDS: dict[str, tuple[list[float], dict]] = {
     "adamw": ([2e-3, 4e-3, 8e-3, 1.6e-2], {}),
     "muon": ([4e-3, 8e-3, 1.6e-2, 3.2e-2], {}),
@@ -82,6 +83,8 @@ GRIDS: dict[str, tuple[list[float], dict]] = {
     "ekfac-1s": ([5e-3, 1e-2, 2e-2, 4e-2], {"optimizer": "ekfac", "max_basis_dim": 256}),
     "kfac": ([1e-3, 3e-3, 1e-2, 3e-2], {}),
     "fisher-muon": ([4e-3, 8e-3, 1.6e-2, 3.2e-2], {"max_basis_dim": 256}),
+    "fisher-muon-plain": ([4e-3, 8e-3, 1.6e-2, 3.2e-2], {"optimizer": "fisher-muon", "max_basis_dim": 256,
+                                                        "ns_gram": False}),
     "fisher-muon-p0": ([1.6e-2], {"optimizer": "fisher-muon", "max_basis_dim": 256, "exponent": 0.0}),
     "fisher-muon-p05": ([1.6e-2], {"optimizer": "fisher-muon", "max_basis_dim": 256, "exponent": 0.5}),
     "fisher-muon-p0125": ([1.6e-2], {"optimizer": "fisher-muon", "max_basis_dim": 256, "exponent": 0.125}),

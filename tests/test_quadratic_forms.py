@@ -143,3 +143,79 @@ def test_wrappers_pass_the_forms_through():
     assert (counted.forms, counted.products) == (3, 0)
     for op in (DampedOperator(base, 0.5), ScaledOperator(base, 3.0), counted):
         assert op.form_cost(True) == base.form_cost(True) < 1
+
+
+@pytest.mark.parametrize("cls", [HessianOperator, FiniteDifferenceHessian])
+def test_sketch_is_the_hessian_product_up_to_gradient_differences(cls):
+    """``sketch`` (Hutch++'s A S) by one-sided gradient differences against the dense float64 Hessian: ≤ 1e-5
+    relative in float64 (h = √ε), ≤ 3e-2 in float32 (measured ≈ 7e-3 on the 210k benchmark GPT), and in float32
+    visibly not the exact product (> 1e-5: the cheap path is the one taken); costs under half a product."""
+    model, batch, H = float32_model_and_dense_hessian(seed=6)
+    V = probes(H.shape[0], 4, seed=10)
+    want = H @ V.double()
+    for m, tol in ((copy.deepcopy(model).double(), 1e-5), (model, 3e-2)):
+        op = cls(m, batch)
+        rel = ((op.sketch(V.to(op.dtype)).double() - want).norm(dim=0) / want.norm(dim=0)).max()
+        assert rel <= tol, (m.lm_head.weight.dtype, float(rel))
+        assert op.sketch_cost() < 0.5
+    assert rel > 1e-5
+    with pytest.raises(InfogeomError, match="sketch expects"):
+        op.sketch(V[:5])
+
+
+def test_wrappers_pass_the_sketch_through():
+    """Restricted (E_Sᵀ A E_S V), damped (+λV), scaled (c·AV), counted (counts ``sketches``) and dataset
+    (Σ_m w_m A_m V) operators sketch with their operator's gradient differences, against the dense float64
+    Hessian (float64 model: the differences are exact to 1e-5)."""
+    from infogeom.operators import CountedOperator, DampedOperator, ScaledOperator
+
+    model, batch, H = float32_model_and_dense_hessian(seed=7)
+    model = model.double()
+    base = HessianOperator(model, batch)
+    V = probes(H.shape[0], 3, seed=11, dtype=torch.float64)
+    AV = H @ V
+
+    def close(got, want):
+        assert ((got - want).norm(dim=0) / want.norm(dim=0)).max() <= 1e-5
+
+    close(DampedOperator(base, 0.5).sketch(V), AV + 0.5 * V)
+    close(ScaledOperator(base, 3.0).sketch(V), 3 * AV)
+    counted = CountedOperator(base)
+    close(counted.sketch(V), AV)
+    assert (counted.sketches, counted.products) == (3, 0)
+    index = torch.arange(10, 60)
+    close(RestrictedOperator(base, index, "slice").sketch(V[index]), H[index][:, index] @ V[index])
+    x, y = batch
+    op = DatasetOperator(lambda b, m: HessianOperator(model, b), [(x[:1], y[:1]), (x[1:], y[1:])])
+    close(op.sketch(V), AV)
+    for wrapped in (DampedOperator(base, 0.5), counted, op):
+        assert wrapped.sketch_cost() == base.sketch_cost() < 1
+
+
+def test_hutchpp_with_difference_sketch_is_unbiased():
+    """Hutch++ whose basis comes from the float32 gradient-difference sketch: over 20 seeds the mean estimate is
+    within 3 standard errors (of the mean) of the dense trace, and each estimate's own 2-SE interval covers it in
+    ≥ 80% of the seeds."""
+    model, batch, H = float32_model_and_dense_hessian(seed=8)
+    op = HessianOperator(model, batch)
+    truth = float(torch.trace(H))
+    ests = [hutchpp(op, 24, torch.Generator().manual_seed(s)) for s in range(20)]
+    values = torch.tensor([e.value for e in ests], dtype=torch.float64)
+    assert abs(float(values.mean()) - truth) <= 3 * float(values.std()) / 20**0.5
+    assert sum(abs(e.value - truth) <= 2 * e.stderr for e in ests) >= 16
+
+
+@pytest.mark.parametrize("which", ["LA", "SA", "LM"])
+def test_eigsh_on_the_sketch_against_dense_eigenvalues(which):
+    """Lanczos on the float32 gradient-difference sketch, values as exact Rayleigh quotients: the top two of each
+    end within 1e-3 relative of the dense float64 eigenvalues (measured ≤ 2.3e-4), ordered as asked, and with
+    Ritz vectors whose exact residual ‖Hv − θv‖ is small (≤ 5e-2·|θ|)."""
+    from infogeom.curvature import eigsh
+
+    model, batch, H = float32_model_and_dense_hessian(seed=2)
+    ev = torch.linalg.eigvalsh(H)
+    want = {"LA": ev.flip(0), "SA": ev, "LM": ev[ev.abs().argsort(descending=True)]}[which][:2]
+    res = eigsh(HessianOperator(model, batch), k=2, which=which, tol=1e-3, residuals=True,
+                generator=torch.Generator().manual_seed(0), sketch=True)
+    assert ((res.values.double() - want).abs() / want.abs()).max() <= 1e-3, (res.values, want)
+    assert (res.residuals <= 5e-2 * res.values.abs()).all()

@@ -104,16 +104,19 @@ def spectral_density(
     num_points: int = 512,
     grid: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    sketch: bool = False,
 ) -> SpectralDensity:
     """SLQ spectral density of ``op`` from ``num_probes`` Rademacher probes × ``steps`` Lanczos steps.
 
     ``sigma`` (absolute) overrides ``sigma_rel`` (relative to the node range); ``grid`` overrides the
-    default grid.
+    default grid. ``sketch=True`` runs the Lanczos steps on :meth:`~CurvatureOperator.sketch` (A + E, the
+    Hessian's gradient differences on the CPU: one gradient per step and probe instead of an HVP's 2.3): every
+    node moves by at most ≈ ‖E‖ ≈ 1e-3‖A‖, a tenth of the default σ (1% of the node range).
     """
     if int(num_probes) < 1:
         raise InfogeomError(f"need at least one probe, got {num_probes}")
     probes = rademacher((op.dim, int(num_probes)), op.dtype, op.device, generator)
-    nodes, weights = lanczos_quadrature(op, probes, steps, generator)
+    nodes, weights = lanczos_quadrature(op.sketch if sketch else op, probes, steps, generator)
     nodes, weights = nodes.to("cpu", torch.float64), weights.to("cpu", torch.float64)
     sigma = float(sigma) if sigma is not None else default_sigma(nodes, sigma_rel)
     grid = default_grid(nodes, sigma, num_points) if grid is None else grid.to(torch.float64)
@@ -155,6 +158,7 @@ def adaptive_spectral_density(
     sigma_rel: float = 0.01,
     num_points: int = 512,
     generator: torch.Generator | None = None,
+    sketch: bool = False,
 ) -> AdaptiveDensity:
     """SLQ density to an L1 tolerance ``tol`` (∫|ρ̂ − ρ_σ| ≲ tol, densities integrating to 1) within
     ``max_products`` products, the budget split as in the module docstring.
@@ -165,7 +169,8 @@ def adaptive_spectral_density(
        when it is ≤ tol/2 (or the budget would not allow one more probe at that depth).
     2. The probe SE ∫ sd_i(ρ̂_i(t)) dt/√n then asks for n' = n (SE/(tol/2))² probes; the missing ones run
        at the same depth, budget permitting.
-    Returns the density with the products spent and both error estimates."""
+    Returns the density with the products spent and both error estimates. ``sketch``: as in
+    :func:`spectral_density` (``products`` then counts sketch columns)."""
     n = int(num_probes)
     if n < 2:
         raise InfogeomError(f"the adaptive density needs at least 2 probes to measure their spread, got {n}")
@@ -174,8 +179,8 @@ def adaptive_spectral_density(
     cap = min(max(c for c in CHECKPOINTS if c * n <= max_products) if max_products >= 8 * n else 0, op.dim)
     if cap < 8:
         raise InfogeomError(f"max_products {max_products} is below {8 * n} ({n} probes × 8 Lanczos steps)")
-    basis = KrylovBasis(op.matmat, rademacher((op.dim, n), op.dtype, op.device, generator), cap,
-                        generator=generator)
+    apply = op.sketch if sketch else op.matmat
+    basis = KrylovBasis(apply, rademacher((op.dim, n), op.dtype, op.device, generator), cap, generator=generator)
     previous, change = None, math.inf
     for depth in (c for c in CHECKPOINTS if c <= cap):
         while basis.size < depth:
@@ -193,7 +198,7 @@ def adaptive_spectral_density(
     spread = float(_l1(current.std(0), grid)) / math.sqrt(n)
     extra = max(0, min(math.ceil(n * (spread / (tol / 2)) ** 2), max_products // m) - n)
     if extra:
-        more = lanczos_quadrature(op, rademacher((op.dim, extra), op.dtype, op.device, generator), m, generator)
+        more = lanczos_quadrature(apply, rademacher((op.dim, extra), op.dtype, op.device, generator), m, generator)
         nodes, weights = torch.cat([nodes, more[0].to("cpu", torch.float64)]), torch.cat(
             [weights, more[1].to("cpu", torch.float64)])
         current = probe_densities(nodes, weights, grid, sigma)

@@ -142,7 +142,7 @@ def hutchpp(
 
     def grow(Q: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Q extended by an orthonormal basis of (I − QQᵀ) A S for n fresh probes S, and tr(Q_newᵀ A Q_new)."""
-        Y = op.matmat(rademacher((op.dim, n), op.dtype, op.device, generator))
+        Y = op.sketch(rademacher((op.dim, n), op.dtype, op.device, generator))  # only its span is used
         for _ in range(2):  # twice is enough (Kahan–Parlett)
             Y = Y - Q @ (Q.T @ Y)
         new, _ = torch.linalg.qr(Y)
@@ -160,7 +160,7 @@ def hutchpp(
     if rtol is None:
         rest = residual(k)
     else:
-        residual_cost, sketch_cost = op.form_cost(symmetric=True), 1 + op.form_cost()
+        residual_cost, sketch_cost = op.form_cost(symmetric=True), op.sketch_cost() + op.form_cost()
         last_var = None
         while True:
             pilot = residual(MIN_ADAPTIVE)

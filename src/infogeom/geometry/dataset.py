@@ -62,6 +62,7 @@ class DatasetOperator(CurvatureOperator):
             if m == 0:
                 self.names, self.shapes, self.dtype, self.device = op.names, op.shapes, op.dtype, op.device
                 self._form_costs = {s: op.form_cost(s) for s in (False, True)}
+                self._sketch_cost = op.sketch_cost()
             if hasattr(op, "gradient"):
                 loss = w * op.loss.detach() + (0 if loss is None else loss)
                 gradient = w * op.gradient + (0 if gradient is None else gradient)
@@ -85,6 +86,17 @@ class DatasetOperator(CurvatureOperator):
             out.add_(self._part(m)._quadratic_forms(V, symmetric), alpha=w)
         return out
 
+    def _sketch(self, V: torch.Tensor) -> torch.Tensor:
+        """Σ_m (N_m/N) A_m V, each part by its own (possibly approximate) sketch."""
+        out = torch.zeros_like(V)
+        for m, w in enumerate(self.weights):
+            out.add_(self._part(m)._sketch(V), alpha=w)
+        return out
+
     def form_cost(self, symmetric: bool = False) -> float:
         """The first part's (every part is the same kind of operator)."""
         return self._form_costs[symmetric]
+
+    def sketch_cost(self) -> float:
+        """The first part's."""
+        return self._sketch_cost

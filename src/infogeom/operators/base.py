@@ -104,6 +104,23 @@ class CurvatureOperator:
         inner = getattr(self, "op", None)
         return inner.form_cost(symmetric) if isinstance(inner, CurvatureOperator) else 1.0
 
+    def sketch(self, V: torch.Tensor) -> torch.Tensor:
+        """``A V [P, k]`` for a randomized range finder (Hutch++'s Q = orth(A S)): the exact product, or an
+        approximation where an operator has a cheaper one (the Hessian's gradient differences on the CPU).
+        Estimators that compute tr(QᵀAQ) exactly afterwards stay unbiased for any Q, so only the span matters."""
+        if V.ndim != 2 or V.shape[0] != self.dim:
+            raise InfogeomError(f"sketch expects a [{self.dim}, k] tensor, got {tuple(V.shape)}")
+        return self._sketch(V.to(self.dtype))
+
+    def _sketch(self, V: torch.Tensor) -> torch.Tensor:
+        """Default: the product (wrappers pass their operator's sketch through)."""
+        return self._matmat(V)
+
+    def sketch_cost(self) -> float:
+        """Cost of one :meth:`sketch` column relative to one product column (1, or the wrapped operator's)."""
+        inner = getattr(self, "op", None)
+        return inner.sketch_cost() if isinstance(inner, CurvatureOperator) else 1.0
+
     def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
         return self.matmat(v) if v.ndim == 2 else self.matvec(v)
 

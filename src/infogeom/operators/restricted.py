@@ -33,6 +33,9 @@ class RestrictedOperator(CurvatureOperator):
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         return self.op.matmat(self._embed(V))[self.index]
 
+    def _sketch(self, V: torch.Tensor) -> torch.Tensor:
+        return self.op.sketch(self._embed(V))[self.index]
+
     def _quadratic_forms(self, V: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
         return self.op.quadratic_forms(self._embed(V), symmetric)  # vᵀA_SSv = (E_S v)ᵀ A (E_S v)
 

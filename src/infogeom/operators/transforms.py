@@ -39,6 +39,9 @@ class DampedOperator(CurvatureOperator):
     def _solve(self, B, damping, tol, maxiter, x0, reduce):
         return self.op.solve(B, self.damping + damping, tol, maxiter, x0, reduce)
 
+    def _sketch(self, V: torch.Tensor) -> torch.Tensor:
+        return self.op.sketch(V) + self.damping * V
+
     def _quadratic_forms(self, V: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
         return self.op.quadratic_forms(V, symmetric) + self.damping * V.square().sum(0)
 
@@ -68,21 +71,32 @@ class ScaledOperator(CurvatureOperator):
         x0 = None if x0 is None else self.scale * x0
         return self.op.solve(B, damping / self.scale, tol, maxiter, x0, reduce) / self.scale
 
+    def _sketch(self, V: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.op.sketch(V)
+
     def _quadratic_forms(self, V: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
         return self.scale * self.op.quadratic_forms(V, symmetric)
 
 
 class CountedOperator(CurvatureOperator):
-    """``op`` unchanged, counting its products (``products``: columns multiplied; ``forms``: quadratic forms) and
+    """``op`` unchanged, counting its products (``products``: columns multiplied; ``forms``: quadratic forms;
+    ``sketches``: :meth:`sketch` columns) and
     advancing an optional progress bar (anything with ``update(n)``, e.g. tqdm) by the columns of each."""
 
     def __init__(self, op: CurvatureOperator, bar=None):
-        self.op, self.bar, self.products, self.forms = op, bar, 0, 0
+        self.op, self.bar, self.products, self.forms, self.sketches = op, bar, 0, 0, 0
         self.names, self.shapes, self.dtype, self.device = op.names, op.shapes, op.dtype, op.device
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         out = self.op.matmat(V)
         self.products += V.shape[1]
+        if self.bar is not None:
+            self.bar.update(V.shape[1])
+        return out
+
+    def _sketch(self, V: torch.Tensor) -> torch.Tensor:
+        out = self.op.sketch(V)
+        self.sketches += V.shape[1]
         if self.bar is not None:
             self.bar.update(V.shape[1])
         return out

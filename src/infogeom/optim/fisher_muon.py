@@ -62,6 +62,7 @@ class FisherMuonCore(KroneckerCore):
         d = self.defaults
         lrs = self.lr_of()
         wds = {id(p): g["weight_decay"] for g in self.param_groups for p in g["params"]}
+        todo = []
         for layer in self.layers:
             st = self.state[layer.weight]
             X = layer.grad_matrix()
@@ -71,9 +72,17 @@ class FisherMuonCore(KroneckerCore):
             _, _, QL, QR = self.eigenbasis(layer)
             wL, wR = self.whitening(layer)
             Z = to_eigenbasis(self.momentum(layer, X), QL, QR) * wL[:, None] * wR[None, :]
-            O = newton_schulz(Z, d["ns_steps"], NS_COEFFICIENTS, dtype=NS_DTYPES[d["ns_dtype"]])
+            todo.append((layer, QL, QR, wL, wR, Z))
+        polar = {}  # one batched Newton–Schulz per shape (the layers of a transformer share a few shapes)
+        for shape in dict.fromkeys(Z.shape for *_, Z in todo):
+            same = [i for i, t in enumerate(todo) if t[-1].shape == shape]
+            O = newton_schulz(torch.stack([todo[i][-1] for i in same]), d["ns_steps"], NS_COEFFICIENTS,
+                              dtype=NS_DTYPES[d["ns_dtype"]], gram=d["ns_gram"])
+            polar.update(zip(same, O.unbind()))
+        for i, (layer, QL, QR, wL, wR, Z) in enumerate(todo):
+            O = polar[i]
             D = O * wL[:, None] * wR[None, :]
-            scale = 0.2 * math.sqrt(max(X.shape)) * O.norm() / D.norm().clamp_min(torch.finfo(D.dtype).tiny)
+            scale = 0.2 * math.sqrt(max(Z.shape)) * O.norm() / D.norm().clamp_min(torch.finfo(D.dtype).tiny)
             lr = lrs[id(layer.weight)]
             for p, u in zip(layer.params, layer.split(from_eigenbasis(D * scale, QL, QR))):
                 decoupled_update_(p, u, lr, wds[id(p)])
@@ -112,8 +121,8 @@ class FisherMuon(KroneckerOptimizer):
 
     def __init__(self, model: nn.Module, lr: float = 1e-2, weight_decay: float = 0.0, exponent: float = 0.25,
                  damping: float = 1e-2, momentum: float = 0.95, nesterov: bool = True, ns_steps: int = NS_STEPS,
-                 ns_dtype: str | None = None, cov_every: int = 2, inv_every: int = 10, factor_decay: float = 0.8,
-                 approx: str = "reduce", fisher: str = "empirical", mc_samples: int = 1,
+                 ns_dtype: str | None = None, ns_gram: bool = True, cov_every: int = 2, inv_every: int = 10,
+                 factor_decay: float = 0.8, approx: str = "reduce", fisher: str = "empirical", mc_samples: int = 1,
                  head: bool | str = "auto", embeddings: bool = False, max_factor_dim: int = 2048,
                  max_basis_dim: int | None = None, adamw_lr: float | None = None, betas=(0.9, 0.95),
                  eps: float = 1e-8, damping_boost: float = 10.0, seed: int = 0):
@@ -126,6 +135,6 @@ class FisherMuon(KroneckerOptimizer):
         core = FisherMuonCore(model, modules, lr, weight_decay, damping, approx, fisher, mc_samples, cov_every,
                               inv_every, factor_decay, damping_boost, seed, exponent=float(exponent),
                               momentum=float(momentum), nesterov=bool(nesterov), ns_steps=int(ns_steps),
-                              ns_dtype=ns_dtype, max_basis_dim=max_basis_dim)
+                              ns_dtype=ns_dtype, ns_gram=bool(ns_gram), max_basis_dim=max_basis_dim)
         super().__init__(model, core, lr if adamw_lr is None else adamw_lr, weight_decay, betas, eps,
                          (head, embeddings, max_factor_dim))

@@ -25,19 +25,46 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 5
 
 
+def _addmm(C: torch.Tensor, A: torch.Tensor, B: torch.Tensor, beta: float, alpha: float = 1.0) -> torch.Tensor:
+    """beta·C + alpha·A B for matrices or batches of them (one fused call either way)."""
+    return (torch.addmm if C.dim() == 2 else torch.baddbmm)(C, A, B, beta=beta, alpha=alpha)
+
+
 def newton_schulz(M: torch.Tensor, steps: int = NS_STEPS, coefficients: Sequence[float] = NS_COEFFICIENTS,
-                  eps: float = 1e-7, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """NS(M) ≈ U Vᵀ for ``M [m, n]``, iterated on the smaller Gram side in ``dtype`` (default M's), returned
-    in M's dtype."""
+                  eps: float = 1e-7, dtype: torch.dtype | None = None, gram: bool = False) -> torch.Tensor:
+    """NS(M) ≈ U Vᵀ for ``M [..., m, n]`` (a batch of same-shape matrices allowed), iterated on the smaller
+    Gram side in ``dtype`` (default M's), returned in M's dtype.
+
+    ``gram=True`` carries the iteration on the m×m side alone (m ≤ n): every iterate is X_k = P_k X₀ with P_k a
+    polynomial in G = X₀X₀ᵀ, so P_{k+1} = aP_k + (bA_k + cA_k²)P_k with A_k = P_k G P_kᵀ, and X = P_steps X₀
+    at the end. Cost 2m²n + (4·steps − 3)m³ flops·2 instead of steps·(2m²n + m³)·2: cheaper once n > 1.5m
+    (the 129 × 512 MLP matrices of the default GPT: 0.64 vs 1.1 ms), used there and only there, and only in
+    float32/float64 (in bfloat16 the rounding of A_k = P_k G P_kᵀ grows with ‖P_k‖ ≈ 1/σ_min). In float32
+    the result differs from the plain iteration by ≲ 2e-4 relative (rounding of A_k on spectra spanning
+    1e-7..1; tested), far inside the iteration's own distance to U Vᵀ (singular values in ≈ [0.7, 1.2])."""
     a, b, c = coefficients
     X = M.to(dtype or M.dtype)
-    flip = X.shape[0] > X.shape[1]
-    X = X.T if flip else X
-    X = X / X.norm().clamp_min(eps)
-    for _ in range(steps):
-        A = X @ X.T
-        X = torch.addmm(X, torch.addmm(A, A, A, beta=b, alpha=c), X, beta=a)
-    return (X.T if flip else X).to(M.dtype)
+    flip = X.shape[-2] > X.shape[-1]
+    X = X.mT if flip else X
+    X = X / X.norm(dim=(-2, -1), keepdim=True).clamp_min(eps)
+    if gram and 2 * X.shape[-1] > 3 * X.shape[-2] and torch.finfo(X.dtype).bits >= 32:
+        G = X @ X.mT
+        A, P = G, None
+        for k in range(steps):
+            B = _addmm(A, A, A, beta=b, alpha=c)
+            if P is None:
+                B.diagonal(dim1=-2, dim2=-1).add_(a)
+                P = B
+            else:
+                P = _addmm(P, B, P, beta=a)
+            if k < steps - 1:
+                A = P @ G @ P.mT
+        X = P @ X
+    else:
+        for _ in range(steps):
+            A = X @ X.mT
+            X = _addmm(X, _addmm(A, A, A, beta=b, alpha=c), X, beta=a)
+    return (X.mT if flip else X).to(M.dtype)
 
 
 def ns_dtype(name: str | None) -> torch.dtype | None:
