@@ -271,11 +271,11 @@ def eigsh(
     estimates |y_m|·‖r‖ instead).
 
     ``sketch=True``: the Krylov space is built from :meth:`~CurvatureOperator.sketch` (A + E, the Hessian's
-    gradient differences on the CPU: one gradient per column instead of an HVP's 2.3, ‖E‖ ≈ 1e-3‖A‖), and the
-    values are then the exact Rayleigh quotients vᵀAv of the Ritz vectors (k quadratic forms, product-free where
-    the operator has them). A vector off by an angle φ ≈ ‖E‖/gap gives a value off by ≈ ‖A‖φ², so the values
-    keep ≈ 1e-5 relative accuracy where the gap is ≥ 10% of ‖A‖; ``matvecs`` counts the sketch columns, the
-    stopping test and the Krylov residual estimates are those of A + E.
+    gradient differences on the CPU: one gradient per column instead of an HVP's 2.3, ‖E‖ ≈ 1e-3‖A‖), then the
+    k Ritz vectors get one exact product each: the values are their exact Rayleigh quotients vᵀAv and the
+    residuals their exact ‖Av − θv‖ (whatever ``residuals`` says). A vector off by an angle φ ≈ ‖E‖/gap gives
+    a value off by ≈ ‖A‖φ², so the values keep ≈ 1e-5–1e-4 relative accuracy where the gap is ≥ 10% of ‖A‖;
+    ``matvecs`` counts the sketch columns and the k products; the stopping test is that of A + E.
     """
     values, vectors, res, converged, matvecs = _krylov_eigsh(
         op.sketch if sketch else op.matmat,
@@ -292,10 +292,13 @@ def eigsh(
         v0,
         progress,
     )
-    if sketch:  # exact Rayleigh quotients of the (unit) Ritz vectors, reordered
-        values = op.quadratic_forms(vectors) / vectors.square().sum(0)
+    if sketch:  # exact Rayleigh quotients of the (unit) Ritz vectors, reordered, and their exact residuals
+        AV = op.matmat(vectors)
+        values = (vectors * AV).sum(0) / vectors.square().sum(0)
         order = _order(values, which)
-        values, vectors, res = values[order], vectors[:, order], res[order]
+        values, vectors, AV = values[order], vectors[:, order], AV[:, order]
+        return EigenResult(values, vectors, torch.linalg.vector_norm(AV - vectors * values, dim=0), converged,
+                           matvecs + k)
     if residuals:
         res = torch.linalg.vector_norm(op.matmat(vectors) - vectors * values, dim=0)
         matvecs += k

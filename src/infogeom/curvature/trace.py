@@ -7,7 +7,9 @@
   deflated remainder is Hutchinson's, so the error is O(1/m) for PSD A. For *every* sketch Q the estimate is
   unbiased (tr(QᵀAQ) + tr((I−QQᵀ)A) = tr A), so the sketch adds no variance of its own: Var = E_Q Var(· | Q),
   and the remainder's sample variance estimates it without bias. What makes a naive error bar too short is
-  the few samples (m/3) it rests on, as below.
+  the few samples (m/3) it rests on, as below. The same holds for a Q from an *approximate* A S: the sketch is
+  :meth:`~CurvatureOperator.sketch` (the Hessian's one-sided gradient differences on the CPU, one gradient per
+  column instead of an HVP's 2.3), only tr(QᵀAQ) and the residual forms must be exact.
 - XTrace (Epperly, Tropp & Webber 2024): Hutch++ made exchangeable. With Ω = [ω_1 … ω_k] and m = 2k
   products (Y = AΩ = QR, Z = AQ), estimate i deflates by the basis of AΩ_{−i} (every column but ω_i) and
   probes the remainder with ω_i, which is independent of that basis, so each of the k estimates is unbiased
@@ -123,15 +125,16 @@ def hutchpp(
     max_probes: int = 1024,
 ) -> TraceEstimate:
     """Hutch++ trace estimate from ``num_probes`` products (rounded down to a multiple of 3, at least 6): a
-    sketch of k = num_probes/3 products, tr(QᵀAQ) by k quadratic forms and k residual forms, each form a
-    product or cheaper (:meth:`CurvatureOperator.form_cost`).
+    sketch of k = num_probes/3 columns (:meth:`CurvatureOperator.sketch`, a product or cheaper), tr(QᵀAQ) by k
+    quadratic forms and k residual forms, each form a product or cheaper (:meth:`CurvatureOperator.form_cost`).
 
     With ``rtol`` (adaptive, after A-Hutch++ of Persson, Cortinovis & Kressner 2022): a pilot of
     ``MIN_ADAPTIVE`` residual probes predicts, by SE ∝ 1/√n, how many reach SE ≈ rtol·|trace|. The sketch then
     doubles, grown by block Gram–Schmidt (Q stays orthonormal, earlier products and forms are kept): first if
     those residual forms would cost more than the sketch so far, then while the forms that a doubling is expected
     to save (the residual variance shrinking by the factor the last doubling measured) cost more than it (k
-    products, k two-sided forms and a new pilot; costs from :meth:`CurvatureOperator.form_cost`).
+    sketch columns, k two-sided forms and a new pilot; costs from :meth:`CurvatureOperator.sketch_cost` and
+    :meth:`CurvatureOperator.form_cost`).
     Then that many *fresh* probes (at most ``max_probes`` products and forms in all, pilots included) give the
     estimate. Pilots are not reused: stopping on the same samples' SE under-covers (88% for 2 SE on
     heavy-tailed residuals), while the fresh sample's size is independent of its values, so its error bar keeps
