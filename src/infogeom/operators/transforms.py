@@ -80,30 +80,24 @@ class ScaledOperator(CurvatureOperator):
 
 class CountedOperator(CurvatureOperator):
     """``op`` unchanged, counting its products (``products``: columns multiplied; ``forms``: quadratic forms;
-    ``sketches``: :meth:`sketch` columns) and
-    advancing an optional progress bar (anything with ``update(n)``, e.g. tqdm) by the columns of each."""
+    ``sketches``: :meth:`sketch` columns) and advancing an optional progress bar (anything with ``update(n)``,
+    e.g. tqdm) by the columns of each."""
 
     def __init__(self, op: CurvatureOperator, bar=None):
         self.op, self.bar, self.products, self.forms, self.sketches = op, bar, 0, 0, 0
         self.names, self.shapes, self.dtype, self.device = op.names, op.shapes, op.dtype, op.device
 
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        out = self.op.matmat(V)
-        self.products += V.shape[1]
+    def _tally(self, counter: str, out: torch.Tensor, columns: int) -> torch.Tensor:
+        setattr(self, counter, getattr(self, counter) + columns)
         if self.bar is not None:
-            self.bar.update(V.shape[1])
+            self.bar.update(columns)
         return out
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self._tally("products", self.op.matmat(V), V.shape[1])
 
     def _sketch(self, V: torch.Tensor) -> torch.Tensor:
-        out = self.op.sketch(V)
-        self.sketches += V.shape[1]
-        if self.bar is not None:
-            self.bar.update(V.shape[1])
-        return out
+        return self._tally("sketches", self.op.sketch(V), V.shape[1])
 
     def _quadratic_forms(self, V: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
-        out = self.op.quadratic_forms(V, symmetric)
-        self.forms += V.shape[1]
-        if self.bar is not None:
-            self.bar.update(V.shape[1])
-        return out
+        return self._tally("forms", self.op.quadratic_forms(V, symmetric), V.shape[1])

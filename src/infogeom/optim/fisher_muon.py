@@ -17,7 +17,8 @@ the Fisher model's optimal scale overshoots on held-out data. All of it runs in 
 w = (e/ē + λ)^{−p}, O = NS₅(Z), Δ = Q_L (w_L ⊙ O ⊙ w_Rᵀ) Q_Rᵀ·scale. Cost per step: Muon's Newton–Schulz
 plus four small rotations (none on a side kept diagonal by ``max_basis_dim``); factors every ``cov_every``
 steps and ``eigh`` every ``inv_every`` (:mod:`.kronecker`). ``ns_dtype``: the Newton–Schulz dtype (default
-the parameters'; torch Muon uses bfloat16).
+the parameters'; torch Muon uses bfloat16). Newton–Schulz runs once per shape on the stacked layers of that
+shape, on the Gram side where it is cheaper (``ns_gram``, :func:`~.polar.newton_schulz`).
 
 Metric (:mod:`.preconditioner`): with P_Z the polar metric of Z (P_Z⁻¹Z = NS(Z) on its smaller side,
 :func:`~.polar.polar_metric`), the update is Δ = P⁻¹M̃ with, in the eigenbasis, P⁻¹ = s·(w_L P_Z⁻¹ w_L) ⊗ w_R²
