@@ -198,6 +198,9 @@ def cmd_run(args) -> int:
             continue
         start = time.time()
         r = run_one(label, lr, args.size, seed, args)
+        if not r["error"] and r["steps"] < args.steps:  # the trainer stopped on SIGINT/SIGTERM: not a result
+            print(f"{key}: interrupted after {r['steps']} steps, not saved", flush=True)
+            return 130
         save_run(args.out, key, r)
         hit = time_to_target(r["curve"], args.show_target) if r["curve"] else None
         status = r["error"] or (f"{r['steps']} steps, best val {min(v for *_, v in r['curve']):.4f}, "

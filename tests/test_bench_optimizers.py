@@ -93,6 +93,16 @@ def test_run_skips_finished_runs_and_saves_each(tmp_path, monkeypatch):
     assert bench.main(["run", "--only", "nope", "--out", str(out)]) == 2
 
 
+def test_interrupted_run_is_not_saved(tmp_path, monkeypatch):
+    """A run the trainer stopped early (SIGTERM: fewer steps than asked, no error) is not recorded as a seed, and
+    the command stops with 130; the next call reruns it."""
+    monkeypatch.setattr(bench, "run_one", lambda label, lr, size, seed, args: _run(label, lr, seed, 0.01, 5))
+    out = tmp_path / "runs.json"
+    argv = ["run", "--only", "adamw", "--lrs", "1e-3", "--seeds", "0,1", "--steps", "50", "--out", str(out)]
+    assert bench.main(argv) == 130
+    assert bench.load_runs(out) == {}
+
+
 def test_loss_interpolation_and_config():
     curve = [(0.0, 10, 3.0), (0.0, 20, 2.0)]
     assert bench.loss_at(curve, 15) == pytest.approx(2.5)
