@@ -111,7 +111,8 @@ def spectral_density(
     ``sigma`` (absolute) overrides ``sigma_rel`` (relative to the node range); ``grid`` overrides the
     default grid. ``sketch=True`` runs the Lanczos steps on :meth:`~CurvatureOperator.sketch` (A + E, the
     Hessian's gradient differences on the CPU: one gradient per step and probe instead of an HVP's 2.3): every
-    node moves by at most ≈ ‖E‖ ≈ 1e-3‖A‖, a tenth of the default σ (1% of the node range).
+    node moves by at most ≈ ‖E‖ — ≈ 1e-3‖A‖ on the 210k benchmark GPT, a tenth of the default σ (1% of the node
+    range), but 70% along the sharpest direction of a 3.2M one; nothing checks it, so it is an option.
     """
     if int(num_probes) < 1:
         raise InfogeomError(f"need at least one probe, got {num_probes}")
