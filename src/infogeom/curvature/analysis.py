@@ -193,7 +193,8 @@ def _trace(model, batch, op, o, gen, out, label, blocks, optimizer, compare) -> 
         h = hutchinson(counted, o.probes, gen) if o.probes else None
     result = {"operator": o.operator, "hutchpp": hpp.to_dict()}
     rows = [(f"{o.operator} trace (Hutch++)", _g(hpp.value),
-             f"{_pm(hpp.value, hpp.stderr)}; {counted.products} products, {counted.forms} forms")]
+             f"{_pm(hpp.value, hpp.stderr)}; {counted.sketches} sketch columns, {counted.products} products, "
+             f"{counted.forms} forms")]
     if h is not None:
         result["hutchinson"] = h.to_dict()
         rows.append((f"{o.operator} trace (Hutchinson)", _g(h.value),
