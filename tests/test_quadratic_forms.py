@@ -242,3 +242,33 @@ def test_eigsh_sketch_falls_back_to_exact_products_when_the_sketch_is_off():
     assert abs(float(res.values[0]) + 50) <= 1e-6 * 50 and float(res.residuals[0]) <= 1e-3 * 50
     plain = eigsh(DenseOperator(A), k=1, which="LM", tol=1e-3, generator=torch.Generator().manual_seed(0))
     assert res.matvecs > plain.matvecs - 1  # the sketch columns were spent, then exact products
+
+
+def test_auto_decides_general_and_sign_symmetric_forms_apart():
+    """A loss far from quadratic along one sharp direction (simulated: the second differences are 10% off along
+    the top eigenvector, as they are along the λ = −695 one of the 3.2M benchmark GPT) fails the general check
+    on Hutch++'s basis, which then uses exact products, while random sign-symmetric probes keep the one-sided
+    differences after their own check; both kinds agree with the dense Hessian, and Hutch++ stays on target."""
+    model, batch, H = float32_model_and_dense_hessian(seed=9)
+    evals, evecs = torch.linalg.eigh(H)
+    u = evecs[:, evals.abs().argmax()].float()
+    op = HessianOperator(model, batch)
+    real = SecondDifferences(model, batch, op.names)
+
+    def off_along_u(V, one_sided=False):
+        out = real(V, one_sided)
+        overlap = (u @ V).abs() / V.norm(dim=0)
+        return torch.where(overlap > 0.5, out * 1.1, out)
+
+    op._differences = off_along_u
+    basis = torch.stack([u, probes(op.dim, 1, seed=12)[:, 0] / op.dim**0.5], 1)
+    got = op.quadratic_forms(basis).double()
+    assert op.forms == "backward" and op.form_errors[False] > op.form_tolerance
+    torch.testing.assert_close(got, forms_of(H, basis), rtol=1e-4, atol=1e-6)
+    V = probes(op.dim, 6, seed=13)
+    sym = op.quadratic_forms(V, symmetric=True).double()
+    assert op.symmetric_forms == "difference" and op.form_errors[True] <= op.form_tolerance
+    assert "sign-symmetric probes: difference" in repr(op)
+    assert op.form_cost(True) < 1 == op.form_cost(False)
+    scale = V.double().norm(dim=0) * (H @ V.double()).norm(dim=0)
+    assert ((sym - forms_of(H, V)).abs() / scale).max() <= 1e-2

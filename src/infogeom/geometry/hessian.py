@@ -140,13 +140,18 @@ class _QuadraticForms:
     """``_quadratic_forms`` for the Hessian operators: ``forms`` = "backward" (vᵀ(Hv), one product each),
     "difference" (:class:`SecondDifferences`, one-sided for ``symmetric`` probes), or "auto" (default:
     "difference" on the CPU for parameters below float64 precision, if on the first probe it agrees with the
-    operator's product to ``form_tolerance``·‖v‖‖Hv‖; else "backward"). ``form_error`` keeps that first probe's
-    discrepancy.
+    operator's product to ``form_tolerance``·‖v‖‖Hv‖; else "backward"). "auto" decides twice, apart: for general
+    forms (``forms``, e.g. Hutch++'s basis, whose first column is the sketch's sharpest direction) and for
+    sign-symmetric probes (``symmetric_forms``, random directions), since a loss far from quadratic along a sharp
+    direction (the 3.2M GPT of ``benchmarks/curvature_scaling.py``: second differences ≈ +44 instead of −695 along
+    its top eigenvector) says nothing about random ones. ``form_errors`` keeps each check's discrepancy
+    (``form_error``: the last one).
 
     And ``_sketch`` (the range finder's A S): on the CPU one-sided gradient differences,
     H v ≈ ‖v‖ (∇L(θ + h v̂) − ∇L(θ)) / h with the stored gradient at θ and h = √ε·max(1, rms θ) — one gradient per
-    column instead of an HVP's 2.3 (error O(h ∂³L) + O(ε/h): ≈ 1e-3 relative in float32, which moves a sketch's
-    span but never biases what is computed on it); elsewhere the exact product."""
+    column instead of an HVP's 2.3 (error O(h ∂³L) + O(ε/h): 0.1–1% relative in float32 on GPTs of 0.2M
+    parameters, but 70% along the sharpest direction of the 3.2M one; a sketch only needs a span, so this costs
+    variance, never bias); elsewhere the exact product."""
 
     #: cost of one sketch column (one gradient) relative to one product, measured on CPU GPTs of 0.2M
     #: parameters (gradient 0.016 s, HVP 0.037 s; benchmarks/curvature.py)
@@ -184,34 +189,54 @@ class _QuadraticForms:
     difference_costs = {True: 1 / 3, False: 2 / 3}
 
     def form_cost(self, symmetric: bool = False) -> float:
-        return 1.0 if self.forms == "backward" else self.difference_costs[symmetric]
+        return 1.0 if self._modes[symmetric] == "backward" else self.difference_costs[symmetric]
+
+    @property
+    def forms(self) -> str:
+        """The mode of general quadratic forms ("auto" until its first check)."""
+        return self._modes[False]
+
+    @property
+    def symmetric_forms(self) -> str:
+        """The mode of quadratic forms of sign-symmetric probes ("auto" until its first check)."""
+        return self._modes[True]
+
+    @property
+    def form_error(self) -> float:
+        return self.form_errors[self._last_check]
 
     def _init_forms(self, model: nn.Module, batch: Batch, loss: Loss, forms: str) -> None:
         if forms not in ("auto", "backward", "difference"):
             raise InfogeomError(f"forms must be 'auto', 'backward' or 'difference', got {forms!r}")
         if forms == "auto" and (self.device.type != "cpu" or self.dtype == torch.float64):
             forms = "backward"
-        self.forms, self._form_args, self._differences = forms, (model, batch, loss), None
+        self._modes, self.form_errors, self._last_check = {False: forms, True: forms}, {}, None
+        self._form_args, self._differences = (model, batch, loss), None
 
     def _quadratic_forms(self, V: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
-        if self.forms == "backward":
+        mode = self._modes[symmetric]
+        if mode == "backward":
             return super()._quadratic_forms(V, symmetric)
         if self._differences is None:
             self._differences = SecondDifferences(self._form_args[0], self._form_args[1], self.names,
                                                   self._form_args[2])
-        if self.forms == "difference":
+        if mode == "difference":
             return self._differences(V, one_sided=symmetric)
-        v = V[:, :1]  # "auto": confirm on the first probe (two-sided), whose exact value is kept
+        v = V[:, :1]  # "auto": confirm on the first probe of this kind (two-sided), whose exact value is kept
         hv = self._matmat(v)
         exact, diff = (v * hv).sum(), self._differences(v)[0]
-        self.form_error = float((diff - exact).abs() / (v.norm() * hv.norm()).clamp_min(1e-30))
-        self.forms = "difference" if math.isfinite(self.form_error) and self.form_error <= self.form_tolerance \
-            else "backward"
-        if self.forms == "backward":
-            self._differences = None
+        error = float((diff - exact).abs() / (v.norm() * hv.norm()).clamp_min(1e-30))
+        self.form_errors[symmetric], self._last_check = error, symmetric
+        self._modes[symmetric] = "difference" if math.isfinite(error) and error <= self.form_tolerance else "backward"
+        if all(m == "backward" for m in self._modes.values()):
+            self._differences = None  # its float64 copy of the parameters is no longer needed
         if V.shape[1] == 1:
             return exact[None]
         return torch.cat([exact[None], self._quadratic_forms(V[:, 1:], symmetric)])
+
+    def _forms_repr(self) -> str:
+        return f"quadratic forms: {self.forms}" + (
+            "" if self.symmetric_forms == self.forms else f", sign-symmetric probes: {self.symmetric_forms}")
 
 
 class HessianOperator(_QuadraticForms, CurvatureOperator):
@@ -260,7 +285,7 @@ class HessianOperator(_QuadraticForms, CurvatureOperator):
 
     def __repr__(self) -> str:
         return (f"HessianOperator(dim={self.dim}, {'vmapped' if self.batched else 'one backward per column'}, "
-                f"quadratic forms: {self.forms}, {self.dtype}, {self.device})")
+                f"{self._forms_repr()}, {self.dtype}, {self.device})")
 
 
 #: Central-difference step per dtype, relative to the parameters' scale: ≈ ε^{1/3} (ε the dtype's machine
@@ -313,5 +338,5 @@ class FiniteDifferenceHessian(_QuadraticForms, CurvatureOperator):
         return torch.stack(cols, dim=1)
 
     def __repr__(self) -> str:
-        return (f"FiniteDifferenceHessian(dim={self.dim}, step={self.step:.1e}, quadratic forms: {self.forms}, "
+        return (f"FiniteDifferenceHessian(dim={self.dim}, step={self.step:.1e}, {self._forms_repr()}, "
                 f"{self.dtype}, {self.device})")
