@@ -203,7 +203,8 @@ class _QuadraticForms:
 
     @property
     def form_error(self) -> float:
-        return self.form_errors[self._last_check]
+        """The last check's discrepancy (nan before any)."""
+        return self.form_errors.get(self._last_check, math.nan)
 
     def _init_forms(self, model: nn.Module, batch: Batch, loss: Loss, forms: str) -> None:
         if forms not in ("auto", "backward", "difference"):
