@@ -73,25 +73,24 @@ class DatasetOperator(CurvatureOperator):
     def _part(self, m: int) -> CurvatureOperator:
         return self._cache[m] if self._cache is not None else self._build(self.parts[m], m)
 
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(V)
+    def _weighted_sum(self, apply: Callable[[CurvatureOperator], torch.Tensor]) -> torch.Tensor:
+        """Σ_m (N_m/N) apply(A_m), one part at a time (a part may be rebuilt for it)."""
+        out = None
         for m, w in enumerate(self.weights):
-            out.add_(self._part(m)._matmat(V), alpha=w)
+            term = apply(self._part(m)) * w
+            out = term if out is None else out.add_(term)
         return out
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self._weighted_sum(lambda part: part._matmat(V))
 
     def _quadratic_forms(self, V: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
         """vᵀAv = Σ_m (N_m/N) vᵀA_m v, each part by its own (possibly product-free) quadratic forms."""
-        out = V.new_zeros(V.shape[1])
-        for m, w in enumerate(self.weights):
-            out.add_(self._part(m)._quadratic_forms(V, symmetric), alpha=w)
-        return out
+        return self._weighted_sum(lambda part: part._quadratic_forms(V, symmetric))
 
     def _sketch(self, V: torch.Tensor) -> torch.Tensor:
         """Σ_m (N_m/N) A_m V, each part by its own (possibly approximate) sketch."""
-        out = torch.zeros_like(V)
-        for m, w in enumerate(self.weights):
-            out.add_(self._part(m)._sketch(V), alpha=w)
-        return out
+        return self._weighted_sum(lambda part: part._sketch(V))
 
     def form_cost(self, symmetric: bool = False) -> float:
         """The first part's (every part is the same kind of operator)."""

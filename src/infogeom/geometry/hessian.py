@@ -18,6 +18,7 @@ probe instead of a double backward (≈ 2 gradients ≈ 6 forwards), or one forw
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import types
@@ -160,11 +161,15 @@ class _QuadraticForms:
     def sketch_cost(self) -> float:
         return self.gradient_cost if self.device.type == "cpu" else 1.0
 
+    @functools.cached_property
+    def _sketch_step(self) -> float:
+        """h = √ε·max(1, rms θ) of the one-sided gradient differences."""
+        return math.sqrt(torch.finfo(self.dtype).eps) * max(1.0, float(self._theta.square().mean().sqrt()))
+
     def _sketch(self, V: torch.Tensor) -> torch.Tensor:
         if self.device.type != "cpu":
             return self._matmat(V)
-        rms = float(self._theta.square().mean().sqrt())
-        h = math.sqrt(torch.finfo(self.dtype).eps) * max(1.0, rms)
+        h = self._sketch_step
         out = torch.empty_like(V)
         for i, v in enumerate(V.T):
             norm = float(torch.linalg.vector_norm(v))
@@ -254,11 +259,12 @@ class HessianOperator(_QuadraticForms, CurvatureOperator):
         self._params = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
         self._model, self._f = model, loss_function(model, batch, loss)
         self._theta = flatten([p.detach() for p in self._params.values()])
-        self._gradient_mode = curvature_mode
         with curvature_mode(model):
             self.loss = self._f(self._params)
             self._grad = torch.autograd.grad(self.loss, list(self._params.values()), create_graph=True)
         self.gradient = flatten([g.detach() for g in self._grad])
+
+    _gradient_mode = staticmethod(curvature_mode)  # shifted gradients (sketches) on the same path as H
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         """H V: one backward of the stored gradient graph per column, or all k vmapped (``batched``)."""
